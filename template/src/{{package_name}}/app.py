@@ -1,0 +1,35 @@
+"""The ASGI application. Build it with `create_app(settings)`; nothing here runs at import time."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
+
+from . import api
+from .projections import REGISTRY
+from .runtime import health, service
+from .settings import Settings
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with service.running(settings, REGISTRY) as running:
+            app.state.service = running
+            yield
+
+    app = FastAPI(title=settings.service_name, lifespan=lifespan)
+    app.add_exception_handler(RedisError, _read_model_unavailable)
+    app.include_router(health.router)
+    for router in api.ROUTERS:
+        app.include_router(router)
+    return app
+
+
+async def _read_model_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """Redis is the only source of answers: without it, say so rather than fail obscurely."""
+    return JSONResponse({"detail": f"read model unavailable: {exc}"}, status_code=503)

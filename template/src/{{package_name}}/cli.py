@@ -1,0 +1,71 @@
+"""Command line: `python -m <package> serve` and friends."""
+
+import asyncio
+import logging
+from typing import Annotated
+
+import typer
+import uvicorn
+from pydantic import ValidationError
+
+from .app import create_app
+from .runtime import service
+from .runtime.errors import StartupError
+from .runtime.kafka import new_producer, start_client
+from .settings import Settings
+
+cli = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+
+def load_settings() -> Settings:
+    """Settings from the environment; a bad one stops the command naming the variable."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        lines = [
+            f"  {'.'.join(map(str, e['loc'])).upper() or 'SETTINGS'}: {e['msg']}"
+            for e in exc.errors()
+        ]
+        typer.echo("error: invalid settings\n" + "\n".join(lines), err=True)
+        raise typer.Exit(code=2) from None
+
+
+async def _preflight(settings: Settings) -> None:
+    """Fail fast, with a readable message, when Redis or Kafka cannot be reached."""
+    redis = await service.connect_redis(settings)
+    await redis.aclose()
+    producer = new_producer(settings)
+    await start_client(producer, settings)
+    await producer.stop()
+
+
+@cli.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Interface to bind; default HTTP_HOST")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to bind; default HTTP_PORT")] = None,
+) -> None:
+    """Serve the API and run the consumers."""
+    settings = load_settings()
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    try:
+        asyncio.run(_preflight(settings))
+    except StartupError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from None
+    uvicorn.run(
+        create_app(settings),
+        host=host or settings.http_host,
+        port=port or settings.http_port,
+        log_level=settings.log_level.lower(),
+    )
+
+
+@cli.callback()
+def _root() -> None:
+    """Event-driven read-model service."""
+
+
+def main() -> None:
+    cli()

@@ -1,0 +1,96 @@
+"""CloudEvents 1.0 on Kafka: structured mode (JSON value) and binary mode (`ce_*` headers)."""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+_REQUIRED = ("id", "source", "type")
+
+
+class InvalidEventError(ValueError):
+    """A record that cannot be read as a CloudEvent; it goes to the dead-letter topic."""
+
+
+class NotJsonError(InvalidEventError):
+    """The record's value (or data) is not JSON."""
+
+
+class NotCloudEventError(InvalidEventError):
+    """The record is JSON but not a CloudEvent 1.0."""
+
+
+@dataclass(frozen=True, slots=True)
+class CloudEvent:
+    """The envelope of an event as it arrived; `data` is still untyped JSON."""
+
+    id: str
+    source: str
+    type: str
+    data: Any
+    time: str | None = None
+    subject: str | None = None
+    datacontenttype: str | None = "application/json"
+
+    def to_json(self) -> bytes:
+        """Structured-mode encoding, as this service publishes events."""
+        return orjson.dumps({"specversion": "1.0", **_attributes(self), "data": self.data})
+
+
+def _attributes(event: CloudEvent) -> dict[str, str]:
+    attrs = {
+        "id": event.id,
+        "source": event.source,
+        "type": event.type,
+        "time": event.time,
+        "subject": event.subject,
+        "datacontenttype": event.datacontenttype,
+    }
+    return {name: value for name, value in attrs.items() if value is not None}
+
+
+def _loads(raw: bytes | None) -> Any:
+    if raw is None:
+        raise NotJsonError("record has no value")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise NotJsonError(f"value is not JSON: {exc}") from exc
+
+
+def _envelope(attrs: dict[str, Any], data: Any) -> CloudEvent:
+    if attrs.get("specversion") != "1.0":
+        raise NotCloudEventError(f"specversion must be '1.0', got {attrs.get('specversion')!r}")
+    for name in _REQUIRED:
+        if not isinstance(attrs.get(name), str) or not attrs[name]:
+            raise NotCloudEventError(f"attribute '{name}' must be a non-empty string")
+    for name in ("time", "subject", "datacontenttype"):
+        if attrs.get(name) is not None and not isinstance(attrs[name], str):
+            raise NotCloudEventError(f"attribute '{name}' must be a string")
+    return CloudEvent(
+        id=attrs["id"],
+        source=attrs["source"],
+        type=attrs["type"],
+        data=data,
+        time=attrs.get("time"),
+        subject=attrs.get("subject"),
+        datacontenttype=attrs.get("datacontenttype"),
+    )
+
+
+def decode(value: bytes | None, headers: Sequence[tuple[str, bytes]]) -> CloudEvent:
+    """Read a Kafka record as a CloudEvent, in binary mode when it has `ce_specversion`."""
+    ce_headers = {name[3:]: raw for name, raw in headers if name.startswith("ce_")}
+    if "specversion" in ce_headers:
+        try:
+            attrs = {name: raw.decode() for name, raw in ce_headers.items()}
+        except UnicodeDecodeError as exc:
+            raise NotCloudEventError(f"a ce_ header is not UTF-8: {exc}") from exc
+        return _envelope(attrs, _loads(value))
+    document = _loads(value)
+    if not isinstance(document, dict):
+        raise NotCloudEventError(
+            f"value is JSON {type(document).__name__}, not a CloudEvent object"
+        )
+    return _envelope(document, document.get("data"))

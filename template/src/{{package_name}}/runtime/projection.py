@@ -1,0 +1,146 @@
+"""The vocabulary of projections: collections, typed events, pure projection functions, upcasters.
+
+A projection is a pure function `(state | None, event) -> state | None` (None deletes) that names
+the collection and the key it updates. The key comes from the event, not necessarily the Kafka key,
+so events of one upstream can update another upstream's entities: joins happen in the cache.
+"""
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from .events import CloudEvent, InvalidEventError
+
+S = TypeVar("S", bound=BaseModel)
+D = TypeVar("D", bound=BaseModel)
+
+
+class UnknownEventTypeError(InvalidEventError):
+    """No projection, upcaster or ignore rule knows this event type (or this version of it)."""
+
+
+class InvalidDataError(InvalidEventError):
+    """The event's data does not validate against its contract."""
+
+
+@dataclass(frozen=True, slots=True)
+class Event(Generic[D]):
+    """An event whose data has been validated against its contract (after upcasting)."""
+
+    id: str
+    type: str
+    source: str
+    time: str | None
+    subject: str | None
+    data: D
+
+
+@dataclass(frozen=True)
+class Collection(Generic[S]):
+    """A named set of entities in the read model, each stored as the JSON of `model`."""
+
+    name: str
+    model: type[S]
+
+    def dumps(self, state: S) -> bytes:
+        return state.model_dump_json().encode()
+
+    def loads(self, raw: bytes) -> S:
+        return self.model.model_validate_json(raw)
+
+
+@dataclass(frozen=True)
+class Projection(Generic[D, S]):
+    """How one event type changes one collection."""
+
+    event_type: str
+    data: type[D]
+    collection: Collection[S]
+    key: Callable[[Event[D]], str]
+    apply: Callable[[S | None, Event[D]], S | None]
+
+
+@dataclass(frozen=True)
+class Upcaster:
+    """Turns the data of an older event version into the next version's shape."""
+
+    from_type: str
+    to_type: str
+    convert: Callable[[Mapping[str, Any]], dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One projection's verdict on one event: which entity, and the function that moves it."""
+
+    collection: Collection[Any]
+    key: str
+    event: Event[Any]
+    apply: Callable[[Any, Event[Any]], Any]
+
+
+class Registry:
+    """Routes each event type, after upcasting, to the projections that consume it."""
+
+    def __init__(
+        self,
+        projections: Iterable[Projection[Any, Any]],
+        upcasters: Iterable[Upcaster] = (),
+        ignored: Iterable[str] = (),
+    ) -> None:
+        self._projections: dict[str, list[Projection[Any, Any]]] = {}
+        for projection in projections:
+            self._projections.setdefault(projection.event_type, []).append(projection)
+        self._upcasters = {upcaster.from_type: upcaster for upcaster in upcasters}
+        self._ignored = frozenset(ignored)
+        self.collections = {p.collection.name: p.collection for p in self.projections()}
+
+    def projections(self) -> list[Projection[Any, Any]]:
+        return [p for group in self._projections.values() for p in group]
+
+    def changes(self, envelope: CloudEvent) -> list[Change]:
+        """What the event changes; raises InvalidEventError for what must be dead-lettered."""
+        event_type, data = envelope.type, envelope.data
+        seen = {event_type}
+        while event_type in self._upcasters:
+            upcaster = self._upcasters[event_type]
+            if not isinstance(data, Mapping):
+                raise InvalidDataError(f"{event_type}: data must be a JSON object to upcast")
+            event_type, data = upcaster.to_type, upcaster.convert(data)
+            if event_type in seen:
+                raise UnknownEventTypeError(f"upcasters loop at {event_type}")
+            seen.add(event_type)
+        if event_type in self._ignored:
+            return []
+        projections = self._projections.get(event_type)
+        if not projections:
+            raise UnknownEventTypeError(
+                f"no projection or upcaster for event type {envelope.type!r}"
+            )
+        changes = []
+        for projection in projections:
+            try:
+                payload = projection.data.model_validate(data)
+            except ValidationError as exc:
+                raise InvalidDataError(f"{envelope.type}: {_summary(exc)}") from exc
+            event = Event(
+                id=envelope.id,
+                type=event_type,
+                source=envelope.source,
+                time=envelope.time,
+                subject=envelope.subject,
+                data=payload,
+            )
+            changes.append(
+                Change(projection.collection, projection.key(event), event, projection.apply)
+            )
+        return changes
+
+
+def _summary(error: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(map(str, e['loc'])) or 'data'}: {e['msg']}"
+        for e in error.errors(include_url=False)
+    )

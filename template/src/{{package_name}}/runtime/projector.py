@@ -1,0 +1,211 @@
+"""The projector: upstream Fact Events -> projections -> Redis, with an exactly-once effect.
+
+Each `getmany` batch is folded in memory and written to Redis together with the position of every
+partition it covers (see readmodel.py). On assignment the consumer seeks to the positions stored in
+Redis; Kafka's committed offsets are written afterwards for lag monitoring only. Records a partition
+has already applied are skipped, so a re-delivered batch changes nothing.
+"""
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+from redis.exceptions import RedisError
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
+
+from . import deadletter
+from .deadletter import DeadLetter
+from .events import InvalidEventError, decode
+from .kafka import Record
+from .projection import Change, Registry
+from .readmodel import EntityRef, ReadModel, Writes
+
+log = logging.getLogger(__name__)
+
+
+class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
+    """Consumes the upstream topics into the read model until `stop()` is called."""
+
+    def __init__(
+        self,
+        consumer: AIOKafkaConsumer,
+        producer: AIOKafkaProducer,
+        readmodel: ReadModel,
+        registry: Registry,
+        *,
+        dlq_topic: str,
+        max_batch: int = 500,
+        poll_timeout_ms: int = 200,
+        handler_attempts: int = 3,
+        retry_backoff_s: float = 0.05,
+    ) -> None:
+        self._consumer = consumer
+        self._producer = producer
+        self._readmodel = readmodel
+        self._registry = registry
+        self._dlq_topic = dlq_topic
+        self._max_batch = max_batch
+        self._poll_timeout_ms = poll_timeout_ms
+        self._handler_attempts = handler_attempts
+        self._retry_backoff_s = retry_backoff_s
+        # Per assigned partition: the position this process last read from or wrote to Redis.
+        self._positions: dict[TopicPartition, int | None] = {}
+        # Held while a batch is in hand, so a rebalance waits for it to finish.
+        self._batch_lock = asyncio.Lock()
+        self._stopping = asyncio.Event()
+        self.assigned_once = asyncio.Event()
+        self.applied = 0
+        self.dead_lettered = 0
+
+    # ------------------------------------------------------------------ rebalance listener
+    async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        async with self._batch_lock:
+            for tp in revoked:
+                self._positions.pop(tp, None)
+
+    async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        async with self._batch_lock:
+            await self._seek_to_stored(list(assigned))
+        self.assigned_once.set()
+
+    async def _seek_to_stored(self, tps: list[TopicPartition]) -> None:
+        # Without its stored position a partition cannot be consumed safely: wait for Redis.
+        async for attempt in AsyncRetrying(
+            wait=wait_exponential(multiplier=0.1, max=5.0),
+            retry=retry_if_exception_type(RedisError),
+            before_sleep=lambda state: log.warning("reading positions: %r", state.outcome),
+        ):
+            with attempt:
+                stored = await self._readmodel.positions(tps)
+        for tp, offset in stored.items():
+            self._positions[tp] = offset
+            if offset is None:
+                await self._consumer.seek_to_beginning(tp)
+            else:
+                self._consumer.seek(tp, offset)
+
+    # ------------------------------------------------------------------ main loop
+    def stop(self) -> None:
+        """Ask the loop to finish the batch in hand and return."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        while not self._stopping.is_set():
+            batches = await self._consumer.getmany(
+                timeout_ms=self._poll_timeout_ms, max_records=self._max_batch
+            )
+            if not batches:
+                continue
+            try:
+                async with self._batch_lock:
+                    committed = await self._apply(batches)
+            except (RedisError, KafkaError) as exc:
+                # Nothing of the batch was committed: wait, then read it again from Redis positions
+                log.warning("batch failed, retrying from the stored positions: %r", exc)
+                await asyncio.sleep(1.0)
+                async with self._batch_lock:
+                    await self._seek_to_stored(list(self._positions))
+                continue
+            # Outside the lock: a commit waits for a rebalance, which waits for the lock.
+            await self._commit_to_kafka(committed)
+
+    async def _apply(
+        self, batches: dict[TopicPartition, list[Record]]
+    ) -> dict[TopicPartition, int]:
+        """Project a batch and commit it to Redis; returns the positions committed."""
+        expected: dict[TopicPartition, int | None] = {}
+        new: dict[TopicPartition, int] = {}
+        records: list[Record] = []
+        for tp, batch in batches.items():
+            if tp not in self._positions:  # revoked while the batch was fetched
+                continue
+            start = self._positions[tp]
+            fresh = [r for r in batch if start is None or r.offset >= start]
+            if fresh:
+                expected[tp], new[tp] = start, fresh[-1].offset + 1
+                records.extend(fresh)
+        if not records:
+            return {}
+
+        rejected: list[DeadLetter] = []
+        work: list[tuple[Record, list[Change]]] = []
+        for record in records:
+            try:
+                work.append((record, self._registry.changes(decode(record.value, record.headers))))
+            except InvalidEventError as exc:
+                rejected.append(DeadLetter(record, exc))
+        if rejected:
+            await deadletter.publish(self._producer, self._dlq_topic, rejected)
+
+        refs = list(dict.fromkeys((c.collection.name, c.key) for _, cs in work for c in cs))
+
+        async def fold(current: list[bytes | None]) -> Writes:
+            return await self._fold(work, dict(zip(refs, current, strict=True)))
+
+        if await self._readmodel.commit(expected, new, refs, fold):
+            self._positions.update(new)
+            self.applied += len(work)
+            self.dead_lettered += len(rejected)
+            return new
+        log.warning("partitions moved on under this consumer; re-seeking %s", sorted(expected))
+        await self._seek_to_stored(list(expected))
+        return {}
+
+    async def _fold(
+        self, work: list[tuple[Record, list[Change]]], current: dict[EntityRef, bytes | None]
+    ) -> Writes:
+        collections = self._registry.collections
+        states: dict[EntityRef, Any] = {
+            ref: None if raw is None else collections[ref[0]].loads(raw)
+            for ref, raw in current.items()
+        }
+        failed: list[DeadLetter] = []
+        for record, changes in work:
+            outcome = await self._project(record, changes, states)
+            if isinstance(outcome, DeadLetter):
+                failed.append(outcome)
+            else:
+                states.update(outcome)
+        if failed:
+            await deadletter.publish(self._producer, self._dlq_topic, failed)
+            self.dead_lettered += len(failed)
+        writes = Writes()
+        for ref, state in states.items():
+            writes.states[ref] = None if state is None else collections[ref[0]].dumps(state)
+        return writes
+
+    async def _project(
+        self, record: Record, changes: list[Change], states: dict[EntityRef, Any]
+    ) -> dict[EntityRef, Any] | DeadLetter:
+        """Apply one event's changes, all or none; a handler that keeps raising dead-letters it."""
+        attempt = 1
+        while True:
+            updated: dict[EntityRef, Any] = {}
+            try:
+                for change in changes:
+                    ref = (change.collection.name, change.key)
+                    updated[ref] = change.apply(updated.get(ref, states[ref]), change.event)
+            except Exception as exc:
+                if attempt >= self._handler_attempts:
+                    return DeadLetter(record, exc, attempts=attempt)
+                log.warning("projecting %s failed (attempt %d): %r", _where(record), attempt, exc)
+                await asyncio.sleep(self._retry_backoff_s * 2 ** (attempt - 1))
+                attempt += 1
+            else:
+                return updated
+
+    async def _commit_to_kafka(self, new: dict[TopicPartition, int]) -> None:
+        """Mirror positions into Kafka so lag monitoring sees them; Redis stays the authority."""
+        if not new:
+            return
+        try:
+            await self._consumer.commit(new)
+        except KafkaError as exc:
+            log.debug("offset commit for monitoring failed: %r", exc)
+
+
+def _where(record: Record) -> str:
+    return f"{record.topic}[{record.partition}]@{record.offset}"

@@ -1,0 +1,134 @@
+"""The Redis read model: entities, their list indexes and the consumer positions that produced them.
+
+Key layout (all keys share the hash tag `{<prefix>}`, so one MULTI/EXEC may touch any of them, also
+on Redis Cluster, where they all live in one slot):
+
+    {<prefix>}:e:<collection>:<key>       entity JSON
+    {<prefix>}:ix:<collection>            the collection's keys (sorted set, score 0, lexical order)
+    {<prefix>}:pos:<topic>:<partition>    next offset to apply from that partition
+
+A batch's entity writes and its new positions are committed in one MULTI/EXEC that WATCHes the
+positions it started from and the entities it read: a consumer that lost its partitions in a
+rebalance (its positions moved on) aborts instead of overwriting newer state.
+"""
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import cast
+
+from aiokafka import TopicPartition
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+from redis.exceptions import WatchError
+
+EntityRef = tuple[str, str]  # (collection, key)
+
+
+@dataclass
+class Writes:
+    """The outcome of folding a batch: new entity states (None deletes them)."""
+
+    states: dict[EntityRef, bytes | None] = field(default_factory=dict)
+
+
+class ReadModel:
+    def __init__(self, redis: Redis, prefix: str) -> None:
+        self.redis = redis
+        self._tag = "{" + prefix + "}"
+
+    def entity_key(self, collection: str, key: str) -> str:
+        return f"{self._tag}:e:{collection}:{key}"
+
+    def index_key(self, collection: str) -> str:
+        return f"{self._tag}:ix:{collection}"
+
+    def position_key(self, tp: TopicPartition) -> str:
+        return f"{self._tag}:pos:{tp.topic}:{tp.partition}"
+
+    async def get(self, collection: str, key: str) -> bytes | None:
+        return cast(bytes | None, await self.redis.get(self.entity_key(collection, key)))
+
+    async def page(
+        self, collection: str, *, after: str | None, limit: int
+    ) -> tuple[list[bytes], str | None]:
+        """Entities in key order after the cursor `after`; also the cursor of the next page."""
+        start = "-" if after is None else "(" + after
+        keys = cast(
+            list[bytes],
+            await self.redis.zrangebylex(
+                self.index_key(collection), start, "+", start=0, num=limit + 1
+            ),
+        )
+        more = len(keys) > limit
+        keys = keys[:limit]
+        if not keys:
+            return [], None
+        values = cast(
+            list[bytes | None],
+            await self.redis.mget([self.entity_key(collection, key.decode()) for key in keys]),
+        )
+        # An entity deleted between the two reads is simply not listed.
+        found = [value for value in values if value is not None]
+        return found, keys[-1].decode() if more else None
+
+    async def positions(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int | None]:
+        if not tps:
+            return {}
+        raw = cast(list[bytes | None], await self.redis.mget([self.position_key(tp) for tp in tps]))
+        return {
+            tp: None if value is None else int(value) for tp, value in zip(tps, raw, strict=True)
+        }
+
+    async def commit(
+        self,
+        expected: Mapping[TopicPartition, int | None],
+        new: Mapping[TopicPartition, int],
+        entities: Sequence[EntityRef],
+        fold: Callable[[list[bytes | None]], Awaitable[Writes]],
+    ) -> bool:
+        """Fold a batch onto the current states and write the result with the new positions.
+
+        Returns False, writing nothing, when a stored position is no longer the one `expected`
+        (another consumer has moved the partition on). A concurrent write to an entity this batch
+        read makes it re-read and fold again.
+        """
+        tps = list(expected)
+        position_keys = [self.position_key(tp) for tp in tps]
+        entity_keys = [self.entity_key(collection, key) for collection, key in entities]
+        while True:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(*position_keys, *entity_keys)
+                    stored = cast(list[bytes | None], await pipe.mget(position_keys))
+                    if [None if v is None else int(v) for v in stored] != [
+                        expected[tp] for tp in tps
+                    ]:
+                        return False
+                    current: list[bytes | None] = []
+                    if entity_keys:
+                        current = cast(list[bytes | None], await pipe.mget(entity_keys))
+                    writes = await fold(current)
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    self._queue(pipe, writes)
+                    pipe.mset({self.position_key(tp): offset for tp, offset in new.items()})
+                    await pipe.execute()
+                    return True
+                except WatchError:
+                    continue
+
+    def _queue(self, pipe: Pipeline, writes: Writes) -> None:
+        upserts = {ref: value for ref, value in writes.states.items() if value is not None}
+        deletes = [ref for ref, value in writes.states.items() if value is None]
+        if upserts:
+            pipe.mset({self.entity_key(*ref): value for ref, value in upserts.items()})
+        if deletes:
+            pipe.delete(*(self.entity_key(*ref) for ref in deletes))
+        by_collection: dict[str, tuple[list[str], list[str]]] = {}
+        for (collection, key), value in writes.states.items():
+            added, removed = by_collection.setdefault(collection, ([], []))
+            (removed if value is None else added).append(key)
+        for collection, (added, removed) in by_collection.items():
+            if added:
+                pipe.zadd(self.index_key(collection), dict.fromkeys(added, 0))
+            if removed:
+                pipe.zrem(self.index_key(collection), *removed)
