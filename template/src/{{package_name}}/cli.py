@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from .app import create_app
 from .runtime import service
 from .runtime.errors import StartupError
-from .runtime.kafka import new_producer, start_client
+from .runtime.kafka import create_topics, new_producer, own_topics, start_client
 from .settings import Settings
 
 cli = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -60,6 +60,25 @@ def serve(
         port=port or settings.http_port,
         log_level=settings.log_level.lower(),
     )
+
+
+@cli.command("create-topics")
+def create_topics_command(
+    partitions: Annotated[int, typer.Option(min=1, help="Partitions of each new topic")] = 3,
+    replication: Annotated[int, typer.Option(min=1, help="Replication factor")] = 1,
+) -> None:
+    """Create this service's own topics where they are missing (upstream topics are not ours)."""
+    settings = load_settings()
+    try:
+        created = asyncio.run(
+            create_topics(
+                settings, own_topics(settings), partitions=partitions, replication=replication
+            )
+        )
+    except StartupError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from None
+    typer.echo("\n".join(f"created {topic}" for topic in created) or "all topics exist")
 
 
 @cli.callback()

@@ -1,10 +1,12 @@
 """Kafka clients built from settings, and a bounded wait for the broker at start-up."""
 
 from collections.abc import Sequence
+from contextlib import suppress
 from typing import Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from ..settings import Settings
@@ -45,7 +47,9 @@ def new_consumer(settings: Settings, *, group_id: str | None) -> AIOKafkaConsume
     )
 
 
-async def start_client(client: AIOKafkaProducer | AIOKafkaConsumer, settings: Settings) -> None:
+async def start_client(
+    client: AIOKafkaProducer | AIOKafkaConsumer | AIOKafkaAdminClient, settings: Settings
+) -> None:
     """Start a client, retrying while the broker is unreachable, KAFKA_STARTUP_TIMEOUT_S at most."""
     retrying = AsyncRetrying(
         stop=stop_after_delay(settings.kafka_startup_timeout_s),
@@ -58,8 +62,38 @@ async def start_client(client: AIOKafkaProducer | AIOKafkaConsumer, settings: Se
             with attempt:
                 await client.start()
     except KafkaError as exc:
-        await client.stop()
+        await (client.close() if isinstance(client, AIOKafkaAdminClient) else client.stop())
         raise StartupError(
             f"Kafka is unreachable at KAFKA_BOOTSTRAP_SERVERS={settings.bootstrap_servers} "
             f"(gave up after KAFKA_STARTUP_TIMEOUT_S={settings.kafka_startup_timeout_s:g}s): {exc}"
         ) from exc
+
+
+def own_topics(settings: Settings) -> list[str]:
+    """The topics this service owns (DESIGN.md, "Topic conventions")."""
+    topics = [
+        settings.events_topic,
+        settings.commands_topic,
+        settings.reply_topic,
+        settings.dlq_topic,
+        settings.data_topic,
+    ]
+    return [*topics, settings.results_topic] if settings.pipeline_results else topics
+
+
+async def create_topics(
+    settings: Settings, topics: Sequence[str], *, partitions: int, replication: int = 1
+) -> list[str]:
+    """Create the topics that do not exist yet; returns the ones created."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    await start_client(admin, settings)
+    try:
+        existing = set(await admin.list_topics())
+        missing = [topic for topic in dict.fromkeys(topics) if topic not in existing]
+        if missing:
+            new = [NewTopic(topic, partitions, replication) for topic in missing]
+            with suppress(TopicAlreadyExistsError):  # another instance was quicker
+                await admin.create_topics(new)
+        return missing
+    finally:
+        await admin.close()

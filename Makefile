@@ -1,0 +1,35 @@
+# The template repository's commands. `make test` is the whole suite, Kafka and Redis included.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEST ?= ../personabff
+
+.PHONY: help install services stop-services test test-fast new lint
+
+help:  ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+install: $(VENV)/.installed  ## Shared environment: template test tools + the generated service's deps
+
+$(VENV)/.installed: pyproject.toml template/pyproject.toml.jinja
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q --group test
+	$(PY) scripts/service_requirements.py > $(VENV)/service-requirements.txt
+	$(PY) -m pip install -q -r $(VENV)/service-requirements.txt
+	touch $@
+
+services:  ## Start Kafka and Redis on 127.0.0.1 (installed on first use)
+	scripts/services.sh start
+
+stop-services:  ## Stop them (data is kept)
+	scripts/services.sh stop
+
+test: install services  ## Everything: render every variant, lint, type-check, run generated suites
+	. <(scripts/services.sh env) && $(PY) -m pytest -n 2 --dist loadgroup
+
+test-fast: install  ## Only what needs no Kafka or Redis
+	$(PY) -m pytest -m "not services"
+
+new: install  ## Scaffold a service into DEST (default ../personabff), asking each question
+	$(VENV)/bin/copier copy . $(DEST)

@@ -1,0 +1,59 @@
+"""Cookiecutter's front door: render the copier template into the directory cookiecutter made.
+
+Cookiecutter renders this file with Jinja first, so the answers arrive as JSON below. The project is
+rendered by copier from the same `template/`, validated by the same `copier.yml`, and records a
+`.copier-answers.yml`, so `copier update` works on it like on any copier-made project.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+CONTEXT = json.loads(r"""{{ cookiecutter | jsonify }}""")
+QUESTIONS = (
+    "company",
+    "namespace",
+    "service_name",
+    "upstream_service",
+    "description",
+    "python_version",
+    "include_example",
+    "pipeline_results",
+)
+REMOTE_PREFIXES = ("gh:", "gl:", "git@", "git+", "https://", "http://", "ssh://")
+
+
+def template_source() -> str:
+    """Where copier (and later `copier update`) finds the template."""
+    template = str(CONTEXT["_template"])
+    if template.startswith(REMOTE_PREFIXES):
+        return template
+    return str(Path(CONTEXT["_repo_dir"]).resolve())
+
+
+def main() -> int:
+    try:
+        from copier import run_copy
+    except ImportError:
+        print("error: this template renders with copier: `pip install copier`", file=sys.stderr)
+        return 1
+    Path("COOKIECUTTER_STUB").unlink(missing_ok=True)
+    answers = {name: CONTEXT[name] for name in QUESTIONS}
+    try:
+        run_copy(
+            template_source(),
+            ".",
+            data=answers,
+            vcs_ref=CONTEXT.get("_checkout") or None,
+            defaults=True,
+            overwrite=True,
+            quiet=True,
+        )
+    except ValueError as exc:  # copier's validators refuse the answer, saying what is allowed
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

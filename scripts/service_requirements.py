@@ -1,0 +1,26 @@
+"""Print the requirements of a service generated with default answers, one per line.
+
+The template repository's shared environment installs these once, so every rendered variant can be
+linted, type-checked and tested without an install of its own.
+"""
+
+import sys
+import tempfile
+import tomllib
+from pathlib import Path
+
+from copier import run_copy
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        run_copy(str(ROOT), tmp, defaults=True, vcs_ref="HEAD", quiet=True)
+        project = tomllib.loads((Path(tmp) / "pyproject.toml").read_text())["project"]
+    requirements = [*project["dependencies"], *project["optional-dependencies"]["dev"]]
+    sys.stdout.write("\n".join(requirements) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""Every copier question refuses a bad answer with a message saying what is allowed."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .helpers import ROOT
+
+
+def copier_copy(dest: Path, *data: str) -> subprocess.CompletedProcess[str]:
+    args = [arg for item in data for arg in ("--data", item)]
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "copier",
+            "copy",
+            "--defaults",
+            "--vcs-ref",
+            "HEAD",
+            *args,
+            str(ROOT),
+            str(dest),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [
+        ("company=Arcadia", "company must be lowercase letters and digits, starting with a letter"),
+        ("company=9lives", "company must be lowercase letters and digits"),
+        ("company=" + "a" * 21, "company must be at most 20 characters; got 21"),
+        ("namespace=id-entity", "namespace must be lowercase letters and digits"),
+        ("namespace=" + "n" * 21, "namespace must be at most 20 characters"),
+        ("service_name=persona_bff", "service_name must be lowercase letters and digits"),
+        ("service_name=" + "s" * 31, "service_name must be at most 30 characters"),
+        ("service_name=import", "'import' is a Python keyword or shadows a module"),
+        ("service_name=redis", "'redis' is a Python keyword or shadows a module"),
+        ("upstream_service=Persona", "upstream_service must be lowercase letters and digits"),
+        ("upstream_service=personabff", "upstream_service must differ from service_name"),
+        ("upstream_service=" + "u" * 31, "upstream_service must be at most 30 characters"),
+        ("description=   ", "description must not be empty"),
+        ("python_version=3.10", "3.11"),
+    ],
+)
+def test_bad_answer_is_refused_with_what_is_allowed(
+    tmp_path: Path, answer: str, message: str
+) -> None:
+    dest = tmp_path / "service"
+    result = copier_copy(dest, answer)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert message in output
+    assert not (dest / "pyproject.toml").exists()
+
+
+def test_good_answers_are_accepted(tmp_path: Path) -> None:
+    result = copier_copy(
+        tmp_path / "service",
+        "company=acme",
+        "namespace=sales",
+        "service_name=orderbff2",
+        "upstream_service=orders",
+        "python_version=3.13",
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "service/src/orderbff2/settings.py").exists()

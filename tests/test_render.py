@@ -1,0 +1,81 @@
+"""Render the template for a matrix of answers; each result must pass its own checks as rendered.
+
+Every variant is linted and type-checked; the representative ones also run their generated test
+suite against the real Kafka and Redis.
+"""
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .helpers import assert_ok, render, run
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    "bare": {"include_example": False, "pipeline_results": True, "python_version": "3.12"},
+    "longest-names": {
+        "company": "c" * 19 + "1",
+        "namespace": "n" * 20,
+        "service_name": "s" * 29 + "9",
+        "upstream_service": "u" * 30,
+        "python_version": "3.13",
+        "pipeline_results": True,
+    },
+    "other-names": {
+        "company": "globex",
+        "namespace": "billing",
+        "service_name": "invoicebff",
+        "upstream_service": "ledger",
+        "description": 'Invoices for the "billing" UI, in one place',
+        "python_version": "3.12",
+    },
+}
+WITH_SERVICES = {"defaults", "bare"}
+
+
+def _check(project: Path) -> None:
+    leftovers = [
+        path
+        for path in project.rglob("*")
+        if path.is_file() and ("{{" in path.read_text() or "{%" in path.read_text())
+    ]
+    assert not leftovers, f"unrendered Jinja in {leftovers}"
+    assert_ok(run(project, "ruff", "check", "--no-cache", "."))
+    assert_ok(run(project, "ruff", "format", "--check", "--no-cache", "."))
+    assert_ok(run(project, "mypy"))
+
+
+@pytest.mark.parametrize("variant", sorted(set(VARIANTS) - WITH_SERVICES))
+def test_variant_passes_lint_and_types(tmp_path: Path, variant: str) -> None:
+    _check(render(tmp_path / variant, **VARIANTS[variant]))
+
+
+@pytest.mark.services
+@pytest.mark.parametrize("variant", sorted(WITH_SERVICES))
+def test_variant_passes_its_own_suite(
+    tmp_path: Path, variant: str, services_env: dict[str, str]
+) -> None:
+    project = render(tmp_path / variant, **VARIANTS[variant])
+    _check(project)
+    result = run(project, "pytest", "-p", "no:cacheprovider", "-q", env=services_env)
+    assert_ok(result)
+    assert " passed" in result.stdout and "skipped" not in result.stdout
+
+
+def test_example_files_only_with_the_example(tmp_path: Path) -> None:
+    bare = render(tmp_path / "bare", include_example=False)
+    full = render(tmp_path / "full")
+    for part in ("contracts", "projections", "api"):
+        assert (full / f"src/personabff/{part}/personas.py").exists()
+        assert not (bare / f"src/personabff/{part}/personas.py").exists()
+    assert (full / "tests/test_personas.py").exists()
+    assert not (bare / "tests/test_personas.py").exists()
+
+
+def test_results_topic_only_with_pipeline_results(tmp_path: Path) -> None:
+    with_results = render(tmp_path / "on", pipeline_results=True)
+    without = render(tmp_path / "off")
+    assert "arcadia.identity.personabff.results" in (with_results / "README.md").read_text()
+    assert "arcadia.identity.personabff.results" not in (without / "README.md").read_text()
+    assert "PIPELINE_RESULTS = True" in (with_results / "src/personabff/settings.py").read_text()
