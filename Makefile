@@ -3,6 +3,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DEST ?= ../personabff
+COPIER_ARGS ?=
 
 .PHONY: help install services stop-services test test-fast new lint
 
@@ -25,11 +26,15 @@ services:  ## Start Kafka and Redis on 127.0.0.1 (installed on first use)
 stop-services:  ## Stop them (data is kept)
 	scripts/services.sh stop
 
-test: install services  ## Everything: render every variant, lint, type-check, run generated suites
-	. <(scripts/services.sh env) && $(PY) -m pytest -n 2 --dist loadgroup
+test: install services lint  ## Everything: render every variant, lint, type-check, run generated suites
+	. <(scripts/services.sh env) && $(PY) -m pytest -n 2
+
+lint:  ## ruff over the template repository's own Python (the template is checked as rendered)
+	$(PY) -m ruff check tests hooks scripts
+	$(PY) -m ruff format --check tests hooks scripts
 
 test-fast: install  ## Only what needs no Kafka or Redis
 	$(PY) -m pytest -m "not services"
 
 new: install  ## Scaffold a service into DEST (default ../personabff), asking each question
-	$(VENV)/bin/copier copy . $(DEST)
+	$(VENV)/bin/copier copy $(COPIER_ARGS) . $(DEST)

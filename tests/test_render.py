@@ -4,12 +4,13 @@ Every variant is linted and type-checked; the representative ones also run their
 suite against the real Kafka and Redis.
 """
 
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .helpers import assert_ok, render, run
+from .helpers import ROOT, assert_ok, render, run
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "defaults": {},
@@ -79,3 +80,21 @@ def test_results_topic_only_with_pipeline_results(tmp_path: Path) -> None:
     assert "arcadia.identity.personabff.results" in (with_results / "README.md").read_text()
     assert "arcadia.identity.personabff.results" not in (without / "README.md").read_text()
     assert "PIPELINE_RESULTS = True" in (with_results / "src/personabff/settings.py").read_text()
+
+
+def test_readme_scaffold_command(tmp_path: Path) -> None:
+    """`make new`, the README's first command, scaffolds a service (here with default answers)."""
+    dest = tmp_path / "personabff"
+    result = subprocess.run(
+        ["make", "new", f"DEST={dest}", "COPIER_ARGS=--defaults --vcs-ref HEAD"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (dest / "src/personabff/app.py").exists()
+    first_block = (ROOT / "README.md").read_text().split("```")[1]
+    assert "make new DEST=" in first_block
+    assert "make test" in first_block

@@ -1,0 +1,1 @@
+"""A read model over upstream Fact Events, served over HTTP."""
