@@ -10,15 +10,17 @@ from redis.exceptions import RedisError
 from . import api
 from .projections import REGISTRY
 from .runtime import health, service
+from .runtime.projection import Registry
 from .settings import Settings
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, registry: Registry = REGISTRY) -> FastAPI:
+    """The app; `registry` is what the projector runs (tests pass their own)."""
     settings = settings or Settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with service.running(settings, REGISTRY) as running:
+        async with service.running(settings, registry) as running:
             app.state.service = running
             yield
 

@@ -2,17 +2,22 @@
 
 import asyncio
 import logging
-from typing import Annotated
+from collections.abc import Coroutine
+from typing import Annotated, Any, TypeVar
 
+import orjson
 import typer
 import uvicorn
 from pydantic import ValidationError
 
 from .app import create_app
-from .runtime import service
+from .projections import REGISTRY
+from .runtime import ops, service
 from .runtime.errors import StartupError
 from .runtime.kafka import create_topics, new_producer, own_topics, start_client
 from .settings import Settings
+
+T = TypeVar("T")
 
 cli = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
@@ -49,11 +54,7 @@ def serve(
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
-    try:
-        asyncio.run(_preflight(settings))
-    except StartupError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(code=2) from None
+    _run_job(_preflight(settings))
     uvicorn.run(
         create_app(settings),
         host=host or settings.http_host,
@@ -69,16 +70,42 @@ def create_topics_command(
 ) -> None:
     """Create this service's own topics where they are missing (upstream topics are not ours)."""
     settings = load_settings()
+    topics = own_topics(settings)
+    created = _run_job(
+        create_topics(settings, topics, partitions=partitions, replication=replication)
+    )
+    typer.echo("\n".join(f"created {topic}" for topic in created) or "all topics exist")
+
+
+dlq = typer.Typer(no_args_is_help=True, help="Inspect and redrive the dead-letter topic.")
+cli.add_typer(dlq, name="dlq")
+
+
+@dlq.command("list")
+def dlq_list(
+    limit: Annotated[int, typer.Option(min=1, help="Most letters to show")] = 100,
+) -> None:
+    """Print dead letters, oldest first, one JSON object per line."""
+    settings = load_settings()
+    letters = _run_job(ops.dead_letters(settings, limit=limit))
+    for letter in letters:
+        typer.echo(orjson.dumps(letter).decode())
+
+
+@dlq.command("redrive")
+def dlq_redrive() -> None:
+    """Project the dead letters again (after a fix); what fails again is dead-lettered again."""
+    settings = load_settings()
+    projector = _run_job(ops.redrive(settings, REGISTRY))
+    typer.echo(f"applied {projector.applied}, dead-lettered again {projector.dead_lettered}")
+
+
+def _run_job(job: Coroutine[Any, Any, T]) -> T:
     try:
-        created = asyncio.run(
-            create_topics(
-                settings, own_topics(settings), partitions=partitions, replication=replication
-            )
-        )
+        return asyncio.run(job)
     except StartupError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=2) from None
-    typer.echo("\n".join(f"created {topic}" for topic in created) or "all topics exist")
 
 
 @cli.callback()

@@ -24,20 +24,31 @@ class DeadLetter:
     attempts: int = 1
 
     def headers(self) -> list[tuple[str, bytes]]:
+        """The record's own headers plus the reason; a redriven letter keeps its first source."""
         record = self.record
         own = [
             (name, value) for name, value in record.headers if not name.startswith(HEADER_PREFIX)
         ]
+        before = reason_of(record)
         reason = {
-            "topic": record.topic,
-            "partition": str(record.partition),
-            "offset": str(record.offset),
+            "topic": before.get("topic", record.topic),
+            "partition": before.get("partition", str(record.partition)),
+            "offset": before.get("offset", str(record.offset)),
             "error.class": type(self.error).__name__,
             "error.message": str(self.error)[:2000],
-            "attempts": str(self.attempts),
+            "attempts": str(int(before.get("attempts", "0")) + self.attempts),
             "time": datetime.now(UTC).isoformat(),
         }
         return own + [(HEADER_PREFIX + name, value.encode()) for name, value in reason.items()]
+
+
+def reason_of(record: Record) -> dict[str, str]:
+    """The `dlq.*` headers of a dead letter, without the prefix."""
+    return {
+        name.removeprefix(HEADER_PREFIX): value.decode(errors="replace")
+        for name, value in record.headers
+        if name.startswith(HEADER_PREFIX)
+    }
 
 
 async def publish(producer: AIOKafkaProducer, topic: str, letters: list[DeadLetter]) -> None:

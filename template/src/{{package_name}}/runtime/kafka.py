@@ -41,6 +41,7 @@ def new_consumer(settings: Settings, *, group_id: str | None) -> AIOKafkaConsume
         bootstrap_servers=settings.bootstrap_servers,
         client_id=f"{settings.service_name}-consumer",
         group_id=group_id,
+        group_instance_id=settings.consumer_instance_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         isolation_level="read_committed",

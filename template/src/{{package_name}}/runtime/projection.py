@@ -6,7 +6,7 @@ so events of one upstream can update another upstream's entities: joins happen i
 """
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -39,10 +39,15 @@ class Event(Generic[D]):
 
 @dataclass(frozen=True)
 class Collection(Generic[S]):
-    """A named set of entities in the read model, each stored as the JSON of `model`."""
+    """A named set of entities in the read model, each stored as the JSON of `model`.
+
+    `lookups` name secondary indexes: for each, a function giving an entity's value (or None). The
+    projector keeps them in step with the entities, in the same atomic write.
+    """
 
     name: str
     model: type[S]
+    lookups: Mapping[str, Callable[[S], str | None]] = field(default_factory=dict)
 
     def dumps(self, state: S) -> bytes:
         return state.model_dump_json().encode()

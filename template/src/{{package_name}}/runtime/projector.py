@@ -8,7 +8,7 @@ has already applied are skipped, so a re-delivered batch changes nothing.
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -21,7 +21,7 @@ from .deadletter import DeadLetter
 from .events import InvalidEventError, decode
 from .kafka import Record
 from .projection import Change, Registry
-from .readmodel import EntityRef, ReadModel, Writes
+from .readmodel import EntityRef, Link, ReadModel, Writes
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +92,11 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
         """Ask the loop to finish the batch in hand and return."""
         self._stopping.set()
 
-    async def run(self) -> None:
+    async def run(self, until: Mapping[TopicPartition, int] | None = None) -> None:
+        """Project until `stop()`, or until every partition has reached its offset in `until`."""
         while not self._stopping.is_set():
+            if until is not None and await self._reached(until):
+                return
             batches = await self._consumer.getmany(
                 timeout_ms=self._poll_timeout_ms, max_records=self._max_batch
             )
@@ -111,6 +114,14 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
                 continue
             # Outside the lock: a commit waits for a rebalance, which waits for the lock.
             await self._commit_to_kafka(committed)
+
+    async def _reached(self, until: Mapping[TopicPartition, int]) -> bool:
+        # The consumer's position, not the last record's offset + 1: it also steps over
+        # transaction markers and records that retention has already removed.
+        for tp, end in until.items():
+            if tp not in self._positions or await self._consumer.position(tp) < end:
+                return False
+        return True
 
     async def _apply(
         self, batches: dict[TopicPartition, list[Record]]
@@ -158,10 +169,11 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
         self, work: list[tuple[Record, list[Change]]], current: dict[EntityRef, bytes | None]
     ) -> Writes:
         collections = self._registry.collections
-        states: dict[EntityRef, Any] = {
+        before: dict[EntityRef, Any] = {
             ref: None if raw is None else collections[ref[0]].loads(raw)
             for ref, raw in current.items()
         }
+        states = dict(before)
         failed: list[DeadLetter] = []
         for record, changes in work:
             outcome = await self._project(record, changes, states)
@@ -174,7 +186,16 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
             self.dead_lettered += len(failed)
         writes = Writes()
         for ref, state in states.items():
-            writes.states[ref] = None if state is None else collections[ref[0]].dumps(state)
+            collection = collections[ref[0]]
+            writes.states[ref] = None if state is None else collection.dumps(state)
+            for lookup, value_of in collection.lookups.items():
+                old = None if before[ref] is None else value_of(before[ref])
+                new = None if state is None else value_of(state)
+                if old != new:
+                    if old is not None:
+                        writes.unlinked.append(Link(ref, lookup, old))
+                    if new is not None:
+                        writes.linked.append(Link(ref, lookup, new))
         return writes
 
     async def _project(

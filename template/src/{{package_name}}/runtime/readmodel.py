@@ -5,6 +5,7 @@ on Redis Cluster, where they all live in one slot):
 
     {<prefix>}:e:<collection>:<key>       entity JSON
     {<prefix>}:ix:<collection>            the collection's keys (sorted set, score 0, lexical order)
+    {<prefix>}:lk:<collection>:<lookup>:<value>   keys of the entities with that value (set)
     {<prefix>}:pos:<topic>:<partition>    next offset to apply from that partition
 
 A batch's entity writes and its new positions are committed in one MULTI/EXEC that WATCHes the
@@ -24,11 +25,22 @@ from redis.exceptions import WatchError
 EntityRef = tuple[str, str]  # (collection, key)
 
 
+@dataclass(frozen=True, slots=True)
+class Link:
+    """An entry of a secondary lookup: `ref` has `value` under `lookup`."""
+
+    ref: EntityRef
+    lookup: str
+    value: str
+
+
 @dataclass
 class Writes:
-    """The outcome of folding a batch: new entity states (None deletes them)."""
+    """The outcome of folding a batch: new entity states (None deletes) and lookup changes."""
 
     states: dict[EntityRef, bytes | None] = field(default_factory=dict)
+    linked: list[Link] = field(default_factory=list)
+    unlinked: list[Link] = field(default_factory=list)
 
 
 class ReadModel:
@@ -41,6 +53,9 @@ class ReadModel:
 
     def index_key(self, collection: str) -> str:
         return f"{self._tag}:ix:{collection}"
+
+    def lookup_key(self, collection: str, lookup: str, value: str) -> str:
+        return f"{self._tag}:lk:{collection}:{lookup}:{value}"
 
     def position_key(self, tp: TopicPartition) -> str:
         return f"{self._tag}:pos:{tp.topic}:{tp.partition}"
@@ -70,6 +85,20 @@ class ReadModel:
         # An entity deleted between the two reads is simply not listed.
         found = [value for value in values if value is not None]
         return found, keys[-1].decode() if more else None
+
+    async def lookup(self, collection: str, lookup: str, value: str) -> list[bytes]:
+        """Entities of `collection` whose `lookup` has `value`, in key order."""
+        members = cast(
+            set[bytes], await self.redis.smembers(self.lookup_key(collection, lookup, value))
+        )
+        keys = sorted(members)
+        if not keys:
+            return []
+        values = cast(
+            list[bytes | None],
+            await self.redis.mget([self.entity_key(collection, key.decode()) for key in keys]),
+        )
+        return [value for value in values if value is not None]
 
     async def positions(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int | None]:
         if not tps:
@@ -132,3 +161,7 @@ class ReadModel:
                 pipe.zadd(self.index_key(collection), dict.fromkeys(added, 0))
             if removed:
                 pipe.zrem(self.index_key(collection), *removed)
+        for link in writes.unlinked:
+            pipe.srem(self.lookup_key(link.ref[0], link.lookup, link.value), link.ref[1])
+        for link in writes.linked:
+            pipe.sadd(self.lookup_key(link.ref[0], link.lookup, link.value), link.ref[1])
