@@ -1,10 +1,11 @@
 """Kafka clients built from settings, and a bounded wait for the broker at start-up."""
 
+import asyncio
 from collections.abc import Sequence
 from contextlib import suppress
 from typing import Protocol
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
@@ -62,12 +63,28 @@ async def start_client(
         async for attempt in retrying:
             with attempt:
                 await client.start()
+        # Let the client's background tasks begin: aiokafka raises CancelledError when a consumer
+        # is stopped before they ever ran.
+        await asyncio.sleep(0)
     except KafkaError as exc:
         await (client.close() if isinstance(client, AIOKafkaAdminClient) else client.stop())
         raise StartupError(
             f"Kafka is unreachable at KAFKA_BOOTSTRAP_SERVERS={settings.bootstrap_servers} "
             f"(gave up after KAFKA_STARTUP_TIMEOUT_S={settings.kafka_startup_timeout_s:g}s): {exc}"
         ) from exc
+
+
+async def partitions_of(settings: Settings, topic: str) -> list[TopicPartition]:
+    """The partitions of a topic; StartupError if it does not exist."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    await start_client(admin, settings)
+    try:
+        [described] = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    if described["error_code"] or not described["partitions"]:
+        raise StartupError(f"topic {topic} does not exist")
+    return sorted(TopicPartition(topic, p["partition"]) for p in described["partitions"])
 
 
 def own_topics(settings: Settings) -> list[str]:

@@ -16,8 +16,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from ..settings import Settings
 from .deadletter import reason_of
-from .errors import StartupError
-from .kafka import new_consumer, new_producer, start_client
+from .kafka import new_consumer, new_producer, partitions_of, start_client
 from .projection import Registry
 from .projector import Projector
 from .readmodel import ReadModel
@@ -46,14 +45,10 @@ async def clients(settings: Settings) -> AsyncIterator[Clients]:
         yield Clients(ReadModel(redis, settings.redis_key_prefix), producer, consumer)
 
 
-async def _assign_all(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
-    partitions = consumer.partitions_for_topic(topic)
-    if partitions is None:
-        await consumer._client.force_metadata_update()  # no public call in aiokafka
-        partitions = consumer.partitions_for_topic(topic)
-    if not partitions:
-        raise StartupError(f"topic {topic} does not exist")
-    tps = [TopicPartition(topic, partition) for partition in sorted(partitions)]
+async def _assign_all(
+    consumer: AIOKafkaConsumer, settings: Settings, topic: str
+) -> list[TopicPartition]:
+    tps = await partitions_of(settings, topic)
     consumer.assign(tps)
     return tps
 
@@ -61,7 +56,7 @@ async def _assign_all(consumer: AIOKafkaConsumer, topic: str) -> list[TopicParti
 async def dead_letters(settings: Settings, *, limit: int) -> list[dict[str, Any]]:
     """Up to `limit` dead letters, oldest first, each with its reason."""
     async with clients(settings) as c:
-        tps = await _assign_all(c.consumer, settings.dlq_topic)
+        tps = await _assign_all(c.consumer, settings, settings.dlq_topic)
         await c.consumer.seek_to_beginning(*tps)
         end: dict[TopicPartition, int] = await c.consumer.end_offsets(tps)
         letters: list[dict[str, Any]] = []
@@ -94,7 +89,7 @@ def _describe(record: Any) -> dict[str, Any]:
 async def redrive(settings: Settings, registry: Registry) -> Projector:
     """Project every dead letter present now; returns the projector, which counts the outcome."""
     async with clients(settings) as c:
-        tps = await _assign_all(c.consumer, settings.dlq_topic)
+        tps = await _assign_all(c.consumer, settings, settings.dlq_topic)
         end = await c.consumer.end_offsets(tps)
         projector = Projector(
             c.consumer,
@@ -103,6 +98,7 @@ async def redrive(settings: Settings, registry: Registry) -> Projector:
             registry,
             dlq_topic=settings.dlq_topic,
             max_batch=settings.consumer_max_batch,
+            mirror_to_kafka=False,  # no consumer group: the positions live in Redis only
         )
         await projector.on_partitions_assigned(tps)
         await projector.run(until=end)

@@ -41,6 +41,7 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
         poll_timeout_ms: int = 200,
         handler_attempts: int = 3,
         retry_backoff_s: float = 0.05,
+        mirror_to_kafka: bool = True,
     ) -> None:
         self._consumer = consumer
         self._producer = producer
@@ -51,6 +52,7 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
         self._poll_timeout_ms = poll_timeout_ms
         self._handler_attempts = handler_attempts
         self._retry_backoff_s = retry_backoff_s
+        self._mirror_to_kafka = mirror_to_kafka
         # Per assigned partition: the position this process last read from or wrote to Redis.
         self._positions: dict[TopicPartition, int | None] = {}
         # Held while a batch is in hand, so a rebalance waits for it to finish.
@@ -220,7 +222,7 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
 
     async def _commit_to_kafka(self, new: dict[TopicPartition, int]) -> None:
         """Mirror positions into Kafka so lag monitoring sees them; Redis stays the authority."""
-        if not new:
+        if not new or not self._mirror_to_kafka:
             return
         try:
             await self._consumer.commit(new)
