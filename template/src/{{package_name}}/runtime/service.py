@@ -87,11 +87,17 @@ async def running(settings: Settings, registry: Registry) -> AsyncIterator[Servi
             await start_client(consumer, settings)
             stack.push_async_callback(consumer.stop)
             task = asyncio.create_task(projector.run(), name="projector")
+            task.add_done_callback(_report_crash)
             stack.push_async_callback(_finish, projector, task)
             service.projector = projector
             service.tasks.append(task)
         log.info("%s started", settings.service_name)
         yield service
+
+
+def _report_crash(task: "asyncio.Task[None]") -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("%s stopped", task.get_name(), exc_info=task.exception())
 
 
 async def _finish(projector: Projector, task: "asyncio.Task[None]") -> None:
