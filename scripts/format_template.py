@@ -1,4 +1,4 @@
-"""Format the template's plain Python files with ruff, through a rendering.
+"""Format the template's plain Python files with ruff (and sort imports), through a rendering.
 
 Files without the `.jinja` suffix are copied verbatim by copier, so formatting the rendered copy and
 copying it back is exact; so is a `.jinja` file whose only Jinja is `{{ package_name }}`. Other
@@ -23,7 +23,9 @@ PACKAGE = "{{ package_name }}"
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         run_copy(str(ROOT), tmp, defaults=True, vcs_ref="HEAD", quiet=True)
-        subprocess.run([sys.executable, "-m", "ruff", "format", "-q", tmp], check=True)
+        ruff = [sys.executable, "-m", "ruff"]
+        subprocess.run([*ruff, "check", "--fix-only", "-q", "--select", "I", tmp], check=True)
+        subprocess.run([*ruff, "format", "-q", tmp], check=True)
         for source in [*TEMPLATE.rglob("*.py"), *TEMPLATE.rglob("*.py.jinja")]:
             relative = str(source.relative_to(TEMPLATE)).replace("{{package_name}}", "personabff")
             rendered = Path(tmp) / CONDITION.sub("", relative).removesuffix(".jinja")

@@ -8,25 +8,32 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
 from . import api
+from .handlers import HANDLERS
 from .projections import REGISTRY
-from .runtime import health, service
+from .runtime import health, service, status
+from .runtime.handling import Handlers
 from .runtime.projection import Registry
 from .settings import Settings
 
 
-def create_app(settings: Settings | None = None, registry: Registry = REGISTRY) -> FastAPI:
-    """The app; `registry` is what the projector runs (tests pass their own)."""
+def create_app(
+    settings: Settings | None = None,
+    registry: Registry = REGISTRY,
+    handlers: Handlers = HANDLERS,
+) -> FastAPI:
+    """The app; `registry` and `handlers` are what its consumers run (tests pass their own)."""
     settings = settings or Settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with service.running(settings, registry) as running:
+        async with service.running(settings, registry, handlers) as running:
             app.state.service = running
             yield
 
     app = FastAPI(title=settings.service_name, lifespan=lifespan)
     app.add_exception_handler(RedisError, _read_model_unavailable)
     app.include_router(health.router)
+    app.include_router(status.router)
     for router in api.ROUTERS:
         app.include_router(router)
     return app

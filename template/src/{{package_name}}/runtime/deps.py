@@ -4,6 +4,8 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from ..settings import Settings
+from .commands import CommandBus
 from .readmodel import ReadModel
 from .service import Service
 
@@ -17,5 +19,11 @@ def get_readmodel(request: Request) -> ReadModel:
     return get_service(request).readmodel
 
 
+def get_commands(request: Request) -> CommandBus:
+    return get_service(request).commands
+
+
 ServiceDep = Annotated[Service, Depends(get_service)]
 ReadModelDep = Annotated[ReadModel, Depends(get_readmodel)]
+CommandsDep = Annotated[CommandBus, Depends(get_commands)]
+SettingsDep = Annotated[Settings, Depends(lambda request: get_service(request).settings)]

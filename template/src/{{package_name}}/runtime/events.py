@@ -1,12 +1,14 @@
 """CloudEvents 1.0 on Kafka: structured mode (JSON value) and binary mode (`ce_*` headers)."""
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 _REQUIRED = ("id", "source", "type")
+_OPTIONAL = ("time", "subject", "datacontenttype")
+_KNOWN = {"specversion", "data", "data_base64", "dataschema", *_REQUIRED, *_OPTIONAL}
 
 
 class InvalidEventError(ValueError):
@@ -32,22 +34,22 @@ class CloudEvent:
     time: str | None = None
     subject: str | None = None
     datacontenttype: str | None = "application/json"
+    # Extension attributes, e.g. `correlationid` and `replyto` on commands.
+    extensions: Mapping[str, str] = field(default_factory=dict)
 
     def to_json(self) -> bytes:
         """Structured-mode encoding, as this service publishes events."""
-        return orjson.dumps({"specversion": "1.0", **_attributes(self), "data": self.data})
-
-
-def _attributes(event: CloudEvent) -> dict[str, str]:
-    attrs = {
-        "id": event.id,
-        "source": event.source,
-        "type": event.type,
-        "time": event.time,
-        "subject": event.subject,
-        "datacontenttype": event.datacontenttype,
-    }
-    return {name: value for name, value in attrs.items() if value is not None}
+        attrs = {
+            "id": self.id,
+            "source": self.source,
+            "type": self.type,
+            "time": self.time,
+            "subject": self.subject,
+            "datacontenttype": self.datacontenttype,
+            **self.extensions,
+        }
+        present = {name: value for name, value in attrs.items() if value is not None}
+        return orjson.dumps({"specversion": "1.0", **present, "data": self.data})
 
 
 def _loads(raw: bytes | None) -> Any:
@@ -65,9 +67,14 @@ def _envelope(attrs: dict[str, Any], data: Any) -> CloudEvent:
     for name in _REQUIRED:
         if not isinstance(attrs.get(name), str) or not attrs[name]:
             raise NotCloudEventError(f"attribute '{name}' must be a non-empty string")
-    for name in ("time", "subject", "datacontenttype"):
+    for name in _OPTIONAL:
         if attrs.get(name) is not None and not isinstance(attrs[name], str):
             raise NotCloudEventError(f"attribute '{name}' must be a string")
+    extensions = {
+        name: value
+        for name, value in attrs.items()
+        if name not in _KNOWN and isinstance(value, str)
+    }
     return CloudEvent(
         id=attrs["id"],
         source=attrs["source"],
@@ -76,6 +83,7 @@ def _envelope(attrs: dict[str, Any], data: Any) -> CloudEvent:
         time=attrs.get("time"),
         subject=attrs.get("subject"),
         datacontenttype=attrs.get("datacontenttype"),
+        extensions=extensions,
     )
 
 

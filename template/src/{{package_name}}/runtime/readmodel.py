@@ -48,17 +48,21 @@ class ReadModel:
         self.redis = redis
         self._tag = "{" + prefix + "}"
 
+    def key(self, *parts: str) -> str:
+        """A key of this service's, in its hash slot."""
+        return ":".join((self._tag, *parts))
+
     def entity_key(self, collection: str, key: str) -> str:
-        return f"{self._tag}:e:{collection}:{key}"
+        return self.key("e", collection, key)
 
     def index_key(self, collection: str) -> str:
-        return f"{self._tag}:ix:{collection}"
+        return self.key("ix", collection)
 
     def lookup_key(self, collection: str, lookup: str, value: str) -> str:
-        return f"{self._tag}:lk:{collection}:{lookup}:{value}"
+        return self.key("lk", collection, lookup, value)
 
     def position_key(self, tp: TopicPartition) -> str:
-        return f"{self._tag}:pos:{tp.topic}:{tp.partition}"
+        return self.key("pos", tp.topic, str(tp.partition))
 
     async def get(self, collection: str, key: str) -> bytes | None:
         return cast(bytes | None, await self.redis.get(self.entity_key(collection, key)))

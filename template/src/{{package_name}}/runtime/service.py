@@ -2,17 +2,19 @@
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from ..settings import Settings
+from .commands import CommandBus
 from .errors import StartupError
+from .handling import CommandWorker, Handlers
 from .kafka import new_consumer, new_producer, start_client
 from .projection import Registry
 from .projector import Projector
@@ -28,7 +30,8 @@ class Service:
     settings: Settings
     readmodel: ReadModel
     producer: AIOKafkaProducer
-    projector: Projector | None
+    commands: CommandBus
+    projector: Projector | None = None
     tasks: list["asyncio.Task[None]"] = field(default_factory=list)
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
@@ -60,8 +63,13 @@ async def connect_redis(settings: Settings) -> Redis:
 
 
 @asynccontextmanager
-async def running(settings: Settings, registry: Registry) -> AsyncIterator[Service]:
-    """Start Redis, Kafka clients and the projector; on exit stop them in reverse order."""
+async def running(
+    settings: Settings, registry: Registry, handlers: Handlers | None = None
+) -> AsyncIterator[Service]:
+    """Start Redis, the Kafka clients and the consumers; on exit stop them in reverse order.
+
+    Consumers stop gracefully: each finishes the batch or record in hand.
+    """
     async with AsyncExitStack() as stack:
         redis = await connect_redis(settings)
         stack.push_async_callback(redis.aclose)
@@ -71,9 +79,31 @@ async def running(settings: Settings, registry: Registry) -> AsyncIterator[Servi
         await start_client(producer, settings)
         stack.push_async_callback(producer.stop)
 
-        service = Service(settings, readmodel, producer, projector=None)
+        bus = CommandBus(
+            readmodel,
+            producer,
+            source=settings.service_name,
+            reply_topic=settings.reply_topic,
+            timeout_s=settings.command_timeout_s,
+            retention_s=settings.command_retention_s,
+        )
+        service = Service(settings, readmodel, producer, bus)
+        stopping = asyncio.Event()
+
+        async def subscribed(
+            consumer: AIOKafkaConsumer, topics: list[str], listener: Projector | None = None
+        ) -> AIOKafkaConsumer:
+            consumer.subscribe(topics, listener=listener)
+            await start_client(consumer, settings)
+            stack.push_async_callback(consumer.stop)
+            return consumer
+
+        def group(suffix: str) -> AIOKafkaConsumer:
+            return new_consumer(settings, group_id=settings.consumer_group + suffix)
+
+        projector = None
         if settings.upstream_topics:
-            consumer = new_consumer(settings, group_id=settings.consumer_group)
+            consumer = group("")
             projector = Projector(
                 consumer,
                 producer,
@@ -83,14 +113,36 @@ async def running(settings: Settings, registry: Registry) -> AsyncIterator[Servi
                 max_batch=settings.consumer_max_batch,
                 poll_timeout_ms=settings.consumer_poll_timeout_ms,
             )
-            consumer.subscribe(settings.upstream_topics, listener=projector)
-            await start_client(consumer, settings)
-            stack.push_async_callback(consumer.stop)
-            task = asyncio.create_task(projector.run(), name="projector")
+            await subscribed(consumer, settings.upstream_topics, projector)
+        worker = CommandWorker(
+            await subscribed(group(".commands"), [settings.commands_topic]),
+            producer,
+            readmodel,
+            handlers or Handlers([]),
+            source=settings.service_name,
+            events_topic=settings.events_topic,
+            results_topic=settings.results_topic if settings.pipeline_results else None,
+            dlq_topic=settings.dlq_topic,
+            handled_retention_s=settings.command_retention_s,
+        )
+        replies = await subscribed(group(".replies"), [settings.reply_topic])
+
+        # Exit runs these first: ask every loop to stop, then wait for them, then close clients.
+        stack.push_async_callback(_finish, service.tasks)
+        stack.callback(stopping.set)
+
+        def keep(name: str, work: Coroutine[Any, Any, None]) -> None:
+            task = asyncio.create_task(work, name=name)
             task.add_done_callback(_report_crash)
-            stack.push_async_callback(_finish, projector, task)
-            service.projector = projector
             service.tasks.append(task)
+
+        if projector is not None:
+            stack.callback(projector.stop)
+            service.projector = projector
+            keep("projector", projector.run())
+        keep("commands", worker.run(stopping))
+        keep("replies", bus.consume_replies(replies, settings.dlq_topic, stopping))
+        keep("completions", bus.listen(stopping))
         log.info("%s started", settings.service_name)
         yield service
 
@@ -100,10 +152,9 @@ def _report_crash(task: "asyncio.Task[None]") -> None:
         log.error("%s stopped", task.get_name(), exc_info=task.exception())
 
 
-async def _finish(projector: Projector, task: "asyncio.Task[None]") -> None:
-    """Let the projector finish the batch in hand, then collect its outcome."""
-    projector.stop()
-    try:
-        await asyncio.wait_for(task, timeout=30)
-    except TimeoutError:
-        log.error("projector did not stop within 30s; cancelled")
+async def _finish(tasks: list["asyncio.Task[None]"]) -> None:
+    """Give the tasks 30s to finish what they hold, then cancel what is left."""
+    _, pending = await asyncio.wait(tasks, timeout=30) if tasks else (set(), set())
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)

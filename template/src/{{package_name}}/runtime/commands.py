@@ -1,0 +1,268 @@
+"""Sending commands and tracking their replies: saga-style request/reply over Kafka.
+
+A command is a CloudEvent published to another service's `.commands` topic, keyed by aggregate id,
+with the extension attributes `correlationid` and `replyto` (this service's `.private.reply`).
+Its status lives in Redis, so any instance answers for it and a reply consumed by any instance
+completes it; pending commands survive restarts. Instances learn of completions through a Redis
+channel, which wakes whoever waits for the reply.
+
+Statuses: pending -> succeeded | failed (a reply came) or timed_out (none within COMMAND_TIMEOUT_S).
+A reply for a command that is already complete (duplicate), timed out (late) or unknown is counted
+and logged, never applied.
+"""
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import Counter
+from contextlib import suppress
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal, cast
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from pydantic import BaseModel, ConfigDict, ValidationError
+from redis.exceptions import RedisError
+
+from . import deadletter
+from .deadletter import DeadLetter
+from .events import CloudEvent, InvalidEventError, decode
+from .kafka import Record
+from .loop import consume_each
+from .projection import UnknownEventTypeError
+from .readmodel import ReadModel
+
+log = logging.getLogger(__name__)
+
+REPLY_TYPE = "command.reply.v1"
+Status = Literal["pending", "succeeded", "failed", "timed_out"]
+
+# Completes a pending command once: returns what the reply turned out to be.
+_COMPLETE = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return 'unknown' end
+if status == 'timed_out' then return 'late' end
+if status ~= 'pending' then return 'duplicate' end
+if tonumber(ARGV[4]) > tonumber(redis.call('HGET', KEYS[1], 'deadline')) then
+  redis.call('HSET', KEYS[1], 'status', 'timed_out')
+  return 'late'
+end
+redis.call('HSET', KEYS[1], 'status', ARGV[1], 'result', ARGV[2], 'error', ARGV[3],
+           'completed_at', ARGV[5])
+redis.call('PUBLISH', KEYS[2], ARGV[6])
+return 'completed'
+"""
+
+# Marks a pending command whose deadline has passed as timed out.
+_EXPIRE = """
+if redis.call('HGET', KEYS[1], 'status') == 'pending'
+   and tonumber(ARGV[1]) > tonumber(redis.call('HGET', KEYS[1], 'deadline')) then
+  redis.call('HSET', KEYS[1], 'status', 'timed_out')
+  redis.call('PUBLISH', KEYS[2], ARGV[2])
+end
+return redis.call('HGET', KEYS[1], 'status')
+"""
+
+
+class Reply(BaseModel):
+    """The data of a `command.reply.v1` event."""
+
+    model_config = ConfigDict(frozen=True)
+
+    status: Literal["succeeded", "failed"]
+    result: dict[str, Any] | None = None
+    error: str | None = None
+
+
+class CommandStatus(BaseModel):
+    """What `GET /commands/{command_id}` answers."""
+
+    command_id: str
+    type: str
+    target: str
+    correlation_id: str
+    status: Status
+    created_at: str
+    completed_at: str | None = None
+    result: dict[str, Any] | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class SentCommand:
+    command_id: str
+    correlation_id: str
+
+
+class CommandBus:
+    """Publishes commands, records their status and completes it from replies."""
+
+    def __init__(
+        self,
+        readmodel: ReadModel,
+        producer: AIOKafkaProducer,
+        *,
+        source: str,
+        reply_topic: str,
+        timeout_s: float,
+        retention_s: int,
+    ) -> None:
+        redis = self._redis = readmodel.redis
+        self._readmodel = readmodel
+        self._producer = producer
+        self._source = source
+        self._reply_topic = reply_topic
+        self._timeout_s = timeout_s
+        self._retention_s = retention_s
+        self._complete = redis.register_script(_COMPLETE)
+        self._expire = redis.register_script(_EXPIRE)
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self.replies: Counter[str] = Counter()  # completed, duplicate, late, unknown
+
+    @property
+    def channel(self) -> str:
+        return self._readmodel.key("commands", "done")
+
+    def _key(self, command_id: str) -> str:
+        return self._readmodel.key("cmd", command_id)
+
+    async def send(
+        self,
+        topic: str,
+        command_type: str,
+        key: str,
+        data: BaseModel,
+        *,
+        correlation_id: str | None = None,
+    ) -> SentCommand:
+        """Record the command as pending, then publish it; the reply completes it."""
+        command_id = uuid.uuid4().hex
+        correlation_id = correlation_id or command_id
+        now = time.time()
+        await self._redis.hset(
+            self._key(command_id),
+            mapping={
+                "command_id": command_id,
+                "type": command_type,
+                "target": topic,
+                "correlation_id": correlation_id,
+                "status": "pending",
+                "created_at": _iso(now),
+                "deadline": repr(now + self._timeout_s),
+            },
+        )
+        await self._redis.expire(self._key(command_id), self._retention_s)
+        event = CloudEvent(
+            id=command_id,
+            source=self._source,
+            type=command_type,
+            subject=key,
+            time=_iso(now),
+            data=data.model_dump(mode="json"),
+            extensions={"correlationid": correlation_id, "replyto": self._reply_topic},
+        )
+        await self._producer.send_and_wait(topic, event.to_json(), key=key.encode())
+        return SentCommand(command_id, correlation_id)
+
+    async def status(self, command_id: str) -> CommandStatus | None:
+        key = self._key(command_id)
+        await self._expire(keys=[key, self.channel], args=[repr(time.time()), command_id])
+        fields = cast(dict[bytes, bytes], await self._redis.hgetall(key))
+        if not fields:
+            return None
+        values = {name.decode(): value.decode() for name, value in fields.items()}
+        result = values.pop("result", "")
+        return CommandStatus.model_validate(
+            {
+                **values,
+                "result": orjson.loads(result) if result else None,
+                "error": values.get("error") or None,
+            }
+        )
+
+    async def wait(self, command_id: str, timeout_s: float) -> CommandStatus | None:
+        """The command's status once it is no longer pending, or after `timeout_s`."""
+        done = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(command_id, []).append(done)
+        try:
+            current = await self.status(command_id)
+            if current is None or current.status != "pending":
+                return current
+            with suppress(TimeoutError):
+                await asyncio.wait_for(done, timeout_s)
+            return await self.status(command_id)
+        finally:
+            waiters = self._waiters.get(command_id, [])
+            if done in waiters:
+                waiters.remove(done)
+            if not waiters:
+                self._waiters.pop(command_id, None)
+
+    async def handle_reply(self, reply: CloudEvent) -> str:
+        """Complete the command a reply answers; returns completed, duplicate, late or unknown."""
+        command_id = reply.extensions.get("causationid") or reply.extensions.get("correlationid")
+        data = Reply.model_validate(reply.data)
+        outcome = "unknown"
+        if command_id:
+            now = time.time()
+            outcome = (
+                await self._complete(
+                    keys=[self._key(command_id), self.channel],
+                    args=[
+                        data.status,
+                        orjson.dumps(data.result) if data.result is not None else "",
+                        data.error or "",
+                        repr(now),
+                        _iso(now),
+                        command_id,
+                    ],
+                )
+            ).decode()
+        self.replies[outcome] += 1
+        if outcome != "completed":
+            log.warning("%s reply %s for command %s", outcome, reply.id, command_id)
+        return outcome
+
+    async def consume_replies(
+        self, consumer: AIOKafkaConsumer, dlq_topic: str, stopping: asyncio.Event
+    ) -> None:
+        """Complete commands from the replies on this service's reply topic."""
+
+        async def handle(record: Record) -> None:
+            try:
+                reply = decode(record.value, record.headers)
+                if reply.type != REPLY_TYPE:
+                    raise UnknownEventTypeError(f"expected {REPLY_TYPE}, got {reply.type!r}")
+                await self.handle_reply(reply)
+            except (InvalidEventError, ValidationError) as exc:
+                letter = DeadLetter(record, exc)
+                await deadletter.publish(self._producer, dlq_topic, [letter])
+
+        await consume_each(consumer, handle, stopping)
+
+    async def listen(self, stopping: asyncio.Event) -> None:
+        """Wake local waiters when any instance completes a command, until `stopping` is set."""
+        while not stopping.is_set():
+            try:
+                async with self._redis.pubsub(ignore_subscribe_messages=True) as pubsub:
+                    await pubsub.subscribe(self.channel)
+                    while not stopping.is_set():
+                        message = await pubsub.get_message(timeout=0.5)
+                        if message is not None:
+                            self._wake(message["data"].decode())
+            except (RedisError, OSError) as exc:
+                log.warning("command completion channel lost, reconnecting: %r", exc)
+                for command_id in list(self._waiters):  # let waiters re-read the status
+                    self._wake(command_id)
+                await asyncio.sleep(1.0)
+
+    def _wake(self, command_id: str) -> None:
+        for done in self._waiters.get(command_id, []):
+            if not done.done():
+                done.set_result(None)
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat()

@@ -1,0 +1,236 @@
+"""Receiving commands: this service is the sole subscriber of its own `.commands` topic.
+
+Each command goes to the handler registered for its type. The handler's Fact Events go to the
+service's `.events` topic (it is the sole publisher; results to `.results` with pipeline results),
+then its outcome goes to the reply topic the command names, with the same correlation id and the
+command's id as `causationid`. Delivery is at-least-once: a command already handled (remembered in
+Redis by id) is not handled again, and Fact Events get ids derived from the command's, so a
+consumer can recognise the rare duplicate of a crash between publishing and remembering.
+
+A command that cannot be handled (not a CloudEvent, unknown type, invalid data, a handler that
+keeps raising) goes to the dead-letter topic, and its sender gets a failed reply.
+"""
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Generic, TypeVar
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from pydantic import BaseModel, ValidationError
+
+from . import deadletter
+from .commands import REPLY_TYPE, Reply
+from .deadletter import DeadLetter
+from .events import CloudEvent, InvalidEventError, decode
+from .kafka import Record
+from .loop import consume_each
+from .projection import InvalidDataError, UnknownEventTypeError
+from .readmodel import ReadModel
+
+log = logging.getLogger(__name__)
+
+D = TypeVar("D", bound=BaseModel)
+
+
+class CommandRejected(Exception):  # noqa: N818 - a verdict, not a fault
+    """A handler's refusal: answered `failed` with this message; not dead-lettered."""
+
+
+@dataclass(frozen=True, slots=True)
+class Command(Generic[D]):
+    id: str
+    type: str
+    source: str
+    subject: str | None
+    correlation_id: str
+    data: D
+
+
+@dataclass(frozen=True)
+class FactEvent:
+    """An event this service publishes about its own entities."""
+
+    type: str
+    key: str
+    data: BaseModel
+
+
+@dataclass
+class Outcome:
+    """What a handler did: the reply's result, the Fact Events and pipeline results to publish."""
+
+    result: dict[str, Any] | None = None
+    events: list[FactEvent] = field(default_factory=list)
+    results: list[FactEvent] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class HandlerContext:
+    """What a handler may read: the read model (its own view of the world)."""
+
+    readmodel: ReadModel
+
+
+@dataclass(frozen=True)
+class CommandHandler(Generic[D]):
+    command_type: str
+    data: type[D]
+    handle: Callable[[Command[D], HandlerContext], Awaitable[Outcome]]
+
+
+class Handlers:
+    def __init__(self, handlers: Iterable[CommandHandler[Any]]) -> None:
+        self._handlers = {handler.command_type: handler for handler in handlers}
+
+    def get(self, command_type: str) -> CommandHandler[Any] | None:
+        return self._handlers.get(command_type)
+
+
+class CommandWorker:
+    """Consumes the `.commands` topic, handling each command once."""
+
+    def __init__(
+        self,
+        consumer: AIOKafkaConsumer,
+        producer: AIOKafkaProducer,
+        readmodel: ReadModel,
+        handlers: Handlers,
+        *,
+        source: str,
+        events_topic: str,
+        results_topic: str | None,
+        dlq_topic: str,
+        handled_retention_s: int,
+        handler_attempts: int = 3,
+        retry_backoff_s: float = 0.05,
+    ) -> None:
+        self._consumer = consumer
+        self._producer = producer
+        self._readmodel = readmodel
+        self._handlers = handlers
+        self._source = source
+        self._events_topic = events_topic
+        self._results_topic = results_topic
+        self._dlq_topic = dlq_topic
+        self._handled_retention_s = handled_retention_s
+        self._handler_attempts = handler_attempts
+        self._retry_backoff_s = retry_backoff_s
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        await consume_each(self._consumer, self._handle, stopping)
+
+    def _handled_key(self, command_id: str) -> str:
+        return self._readmodel.key("handled", command_id)
+
+    async def _handle(self, record: Record) -> None:
+        try:
+            envelope = decode(record.value, record.headers)
+        except InvalidEventError as exc:
+            await deadletter.publish(self._producer, self._dlq_topic, [DeadLetter(record, exc)])
+            return
+        if await self._readmodel.redis.exists(self._handled_key(envelope.id)):
+            log.info("command %s was handled already", envelope.id)
+            return
+        outcome: Outcome | None = None
+        error: str | None = None
+        try:
+            outcome = await self._run_handler(envelope)
+        except CommandRejected as exc:
+            error = str(exc)
+        except _Undeliverable as exc:
+            letter = DeadLetter(record, exc.cause, attempts=exc.attempts)
+            await deadletter.publish(self._producer, self._dlq_topic, [letter])
+            error = f"{type(exc.cause).__name__}: {exc.cause}"
+        await self._publish(envelope, outcome, error)
+        await self._readmodel.redis.set(
+            self._handled_key(envelope.id), b"1", ex=self._handled_retention_s
+        )
+
+    async def _run_handler(self, envelope: CloudEvent) -> Outcome:
+        handler = self._handlers.get(envelope.type)
+        if handler is None:
+            unknown = UnknownEventTypeError(f"no handler for command type {envelope.type!r}")
+            raise _Undeliverable(unknown, attempts=1)
+        try:
+            data = handler.data.model_validate(envelope.data)
+        except ValidationError as exc:
+            raise _Undeliverable(InvalidDataError(f"{envelope.type}: {exc}"), attempts=1) from exc
+        command = Command(
+            id=envelope.id,
+            type=envelope.type,
+            source=envelope.source,
+            subject=envelope.subject,
+            correlation_id=envelope.extensions.get("correlationid", envelope.id),
+            data=data,
+        )
+        context = HandlerContext(self._readmodel)
+        attempt = 1
+        while True:
+            try:
+                return await handler.handle(command, context)
+            except CommandRejected:
+                raise
+            except Exception as exc:
+                if attempt >= self._handler_attempts:
+                    raise _Undeliverable(exc, attempts=attempt) from exc
+                log.warning("handling %s failed (attempt %d): %r", envelope.id, attempt, exc)
+                await asyncio.sleep(self._retry_backoff_s * 2 ** (attempt - 1))
+                attempt += 1
+
+    async def _publish(
+        self, command: CloudEvent, outcome: Outcome | None, error: str | None
+    ) -> None:
+        """Fact Events and results first, then the reply, each acknowledged by the broker."""
+        now = datetime.now(UTC).isoformat()
+        sent = []
+        if outcome is not None:
+            published = [(self._events_topic, event) for event in outcome.events]
+            if self._results_topic is not None:
+                published += [(self._results_topic, result) for result in outcome.results]
+            for index, (topic, fact) in enumerate(published):
+                event = CloudEvent(
+                    id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"{command.id}/{index}")),
+                    source=self._source,
+                    type=fact.type,
+                    subject=fact.key,
+                    time=now,
+                    data=fact.data.model_dump(mode="json"),
+                    extensions=_correlation(command),
+                )
+                sent.append(
+                    await self._producer.send(topic, event.to_json(), key=fact.key.encode())
+                )
+        reply_to = command.extensions.get("replyto")
+        if reply_to:
+            reply = Reply(
+                status="failed" if outcome is None else "succeeded",
+                result=None if outcome is None else outcome.result,
+                error=error,
+            )
+            event = CloudEvent(
+                id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"{command.id}/reply")),
+                source=self._source,
+                type=REPLY_TYPE,
+                subject=command.subject,
+                time=now,
+                data=reply.model_dump(mode="json"),
+                extensions={**_correlation(command), "causationid": command.id},
+            )
+            key = (command.subject or command.id).encode()
+            sent.append(await self._producer.send(reply_to, event.to_json(), key=key))
+        await asyncio.gather(*sent)
+
+
+def _correlation(command: CloudEvent) -> dict[str, str]:
+    return {"correlationid": command.extensions.get("correlationid", command.id)}
+
+
+class _Undeliverable(Exception):  # noqa: N818
+    def __init__(self, cause: Exception, *, attempts: int) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.attempts = attempts
