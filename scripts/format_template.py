@@ -26,9 +26,11 @@ def main() -> None:
         ruff = [sys.executable, "-m", "ruff"]
         subprocess.run([*ruff, "check", "--fix-only", "-q", "--select", "I", tmp], check=True)
         subprocess.run([*ruff, "format", "-q", tmp], check=True)
-        for source in [*TEMPLATE.rglob("*.py"), *TEMPLATE.rglob("*.py.jinja")]:
+        for source in TEMPLATE.rglob("*"):
             relative = str(source.relative_to(TEMPLATE)).replace("{{package_name}}", "personabff")
             rendered = Path(tmp) / CONDITION.sub("", relative).removesuffix(".jinja")
+            if rendered.suffix != ".py" or not rendered.exists():
+                continue
             text = source.read_text()
             if source.suffix == ".jinja":
                 if "{%" in text or "{{" in text.replace(PACKAGE, ""):

@@ -23,7 +23,11 @@ def get_commands(request: Request) -> CommandBus:
     return get_service(request).commands
 
 
+def get_settings(request: Request) -> Settings:
+    return get_service(request).settings
+
+
 ServiceDep = Annotated[Service, Depends(get_service)]
 ReadModelDep = Annotated[ReadModel, Depends(get_readmodel)]
 CommandsDep = Annotated[CommandBus, Depends(get_commands)]
-SettingsDep = Annotated[Settings, Depends(lambda request: get_service(request).settings)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
