@@ -2,13 +2,16 @@
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any, TypeVar
 
 import orjson
 import typer
 import uvicorn
 from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import MofNCompleteColumn, Progress, TransferSpeedColumn
 
 from .app import create_app
 from .projections import REGISTRY
@@ -98,6 +101,45 @@ def dlq_redrive() -> None:
     settings = load_settings()
     projector = _run_job(ops.redrive(settings, REGISTRY))
     typer.echo(f"applied {projector.applied}, dead-lettered again {projector.dead_lettered}")
+
+
+snapshot = typer.Typer(no_args_is_help=True, help="Snapshots of the read model.")
+cli.add_typer(snapshot, name="snapshot")
+
+
+@snapshot.command("export")
+def snapshot_export(
+    to: Annotated[str | None, typer.Option(help="Topic to write; default DATA_TOPIC")] = None,
+) -> None:
+    """Write the read model, with its positions, to a data topic (seeds another's bootstrap)."""
+    settings = load_settings()
+    with _progress_bar("exporting") as progress:
+        summary = _run_job(ops.export_snapshot(settings, to or settings.data_topic, progress))
+    typer.echo(f"exported {summary.entities} entities and {summary.positions} positions")
+
+
+@cli.command()
+def rebuild(
+    grace: Annotated[float, typer.Option(help="Seconds between swap and deleting the old")] = 5.0,
+) -> None:
+    """Replay into a new read-model version while the current one serves, then swap."""
+    settings = load_settings()
+    with _progress_bar("replaying") as progress:
+        version = _run_job(ops.rebuild(settings, REGISTRY, grace_s=grace, progress=progress))
+    typer.echo(f"read model rebuilt: now serving version {version}")
+
+
+@contextmanager
+def _progress_bar(what: str) -> Iterator[Callable[[int, int], None]]:
+    """A progress bar on stderr, fed with (done, total) records."""
+    columns = [*Progress.get_default_columns(), MofNCompleteColumn(), TransferSpeedColumn()]
+    with Progress(*columns, console=Console(stderr=True)) as bar:
+        task = bar.add_task(what, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
 
 
 def _run_job(job: Coroutine[Any, Any, T]) -> T:

@@ -1,26 +1,36 @@
-"""Operational jobs run from the command line: inspect and redrive the dead-letter topic.
+"""Operational jobs run from the command line: dead letters, snapshot export, rebuild.
 
 Redrive does not publish anything back to the source topics (the service does not own them): it
 projects the dead letters themselves, with the same machinery and the same exactly-once effect as
 live events, its position in the dead-letter topic kept in Redis. A letter that fails again is
 dead-lettered again, keeping its first source and counting its attempts.
+
+Rebuild loads the latest snapshot and replays the upstream topics into a new version of the read
+model while the current one keeps serving; once caught up it swaps the version pointer (live
+projectors follow at their next batch, queries within a second), then deletes the old version. A
+replay publishes nothing: no commands, no Fact Events, no dead letters.
 """
 
+import asyncio
 import base64
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from ..settings import Settings
+from . import snapshot
 from .deadletter import reason_of
+from .errors import StartupError
 from .kafka import new_consumer, new_producer, partitions_of, start_client
 from .projection import Registry
 from .projector import Projector
 from .readmodel import ReadModel
 from .service import connect_redis
+
+CATCH_UP_ROUNDS = 5
 
 
 @dataclass
@@ -103,3 +113,63 @@ async def redrive(settings: Settings, registry: Registry) -> Projector:
         await projector.on_partitions_assigned(tps)
         await projector.run(until=end)
         return projector
+
+
+async def export_snapshot(
+    settings: Settings, topic: str, progress: snapshot.ProgressCallback | None = None
+) -> snapshot.Summary:
+    async with clients(settings) as c:
+        return await snapshot.export(c.readmodel, c.producer, settings, topic, progress)
+
+
+async def rebuild(
+    settings: Settings,
+    registry: Registry,
+    *,
+    grace_s: float = 5.0,
+    progress: snapshot.ProgressCallback | None = None,
+) -> int:
+    """Rebuild into a new version, swap it in, drop the old one; returns the new version."""
+    async with clients(settings) as c:
+        live = c.readmodel
+        await live.initialise()
+        old = live.version
+        building = live.at(old + 1)
+        lock = live.key("rebuilding")
+        if not await live.redis.set(lock, building.version, nx=True, ex=24 * 3600):
+            raise RuntimeError("another rebuild is running")
+        try:
+            await building.drop()  # what a crashed rebuild may have left
+            with suppress(StartupError):  # no data topic: replay the upstream topics alone
+                await snapshot.load(
+                    building, c.consumer, settings, registry.collections, settings.data_topic
+                )
+            tps = [
+                tp
+                for topic in settings.upstream_topics
+                for tp in await partitions_of(settings, topic)
+            ]
+            c.consumer.assign(tps)
+            replay = Projector(
+                c.consumer,
+                c.producer,
+                building,
+                registry,
+                dlq_topic=settings.dlq_topic,
+                max_batch=settings.consumer_max_batch,
+                mirror_to_kafka=False,
+                replay=True,
+            )
+            await replay.on_partitions_assigned(tps)
+            for _round in range(CATCH_UP_ROUNDS):  # live events keep coming: catch up, then swap
+                end: dict[TopicPartition, int] = await c.consumer.end_offsets(tps)
+                await replay.run(until=end, progress=progress)
+                latest: dict[TopicPartition, int] = await c.consumer.end_offsets(tps)
+                if sum(latest.values()) - sum(end.values()) <= settings.ready_max_lag:
+                    break
+            await live.redis.set(live.version_key, building.version)
+            await asyncio.sleep(grace_s)  # instances move their queries within a second
+            await live.at(old).drop()
+            return building.version
+        finally:
+            await live.redis.delete(lock)

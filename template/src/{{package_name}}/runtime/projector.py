@@ -8,7 +8,7 @@ has already applied are skipped, so a re-delivered batch changes nothing.
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -21,7 +21,7 @@ from .deadletter import DeadLetter
 from .events import InvalidEventError, decode
 from .kafka import Record
 from .projection import Change, Registry
-from .readmodel import EntityRef, Link, ReadModel, Writes
+from .readmodel import EntityRef, ReadModel, Writes, writes_for
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +42,9 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
         handler_attempts: int = 3,
         retry_backoff_s: float = 0.05,
         mirror_to_kafka: bool = True,
+        replay: bool = False,
     ) -> None:
-        self._consumer = consumer
+        self.consumer = self._consumer = consumer
         self._producer = producer
         self._readmodel = readmodel
         self._registry = registry
@@ -53,6 +54,9 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
         self._handler_attempts = handler_attempts
         self._retry_backoff_s = retry_backoff_s
         self._mirror_to_kafka = mirror_to_kafka
+        # A replay (rebuild) re-reads events that were dead-lettered when first consumed: it
+        # counts them again but publishes nothing.
+        self._replay = replay
         # Per assigned partition: the position this process last read from or wrote to Redis.
         self._positions: dict[TopicPartition, int | None] = {}
         # Held while a batch is in hand, so a rebalance waits for it to finish.
@@ -81,6 +85,8 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
             before_sleep=lambda state: log.warning("reading positions: %r", state.outcome),
         ):
             with attempt:
+                if self._readmodel.live and await self._readmodel.refresh():
+                    log.info("read model swapped to version %d", self._readmodel.version)
                 stored = await self._readmodel.positions(tps)
         for tp, offset in stored.items():
             self._positions[tp] = offset
@@ -94,11 +100,21 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
         """Ask the loop to finish the batch in hand and return."""
         self._stopping.set()
 
-    async def run(self, until: Mapping[TopicPartition, int] | None = None) -> None:
-        """Project until `stop()`, or until every partition has reached its offset in `until`."""
+    async def run(
+        self,
+        until: Mapping[TopicPartition, int] | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> None:
+        """Project until `stop()`, or until every partition has reached its offset in `until`
+        (reporting `progress(done, total)` in records on the way)."""
+        start = sum(self._positions.get(tp) or 0 for tp in until or {})
         while not self._stopping.is_set():
-            if until is not None and await self._reached(until):
-                return
+            if until is not None:
+                if progress is not None:
+                    done = sum(self._positions.get(tp) or 0 for tp in until) - start
+                    progress(done, sum(until.values()) - start)
+                if await self._reached(until):
+                    return
             batches = await self._consumer.getmany(
                 timeout_ms=self._poll_timeout_ms, max_records=self._max_batch
             )
@@ -116,6 +132,16 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
                 continue
             # Outside the lock: a commit waits for a rebalance, which waits for the lock.
             await self._commit_to_kafka(committed)
+
+    def lag(self) -> dict[str, int | None]:
+        """Records behind the broker's high watermark, per assigned partition (None: unknown)."""
+        lags: dict[str, int | None] = {}
+        for tp, position in self._positions.items():
+            highwater = self._consumer.highwater(tp)
+            lags[f"{tp.topic}[{tp.partition}]"] = (
+                None if highwater is None else max(0, highwater - (position or 0))
+            )
+        return lags
 
     async def _reached(self, until: Mapping[TopicPartition, int]) -> bool:
         # The consumer's position, not the last record's offset + 1: it also steps over
@@ -150,8 +176,7 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
                 work.append((record, self._registry.changes(decode(record.value, record.headers))))
             except InvalidEventError as exc:
                 rejected.append(DeadLetter(record, exc))
-        if rejected:
-            await deadletter.publish(self._producer, self._dlq_topic, rejected)
+        await self._dead_letter(rejected)
 
         refs = list(dict.fromkeys((c.collection.name, c.key) for _, cs in work for c in cs))
 
@@ -163,7 +188,7 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
             self.applied += len(work)
             self.dead_lettered += len(rejected)
             return new
-        log.warning("partitions moved on under this consumer; re-seeking %s", sorted(expected))
+        log.warning("partitions moved on or version swapped; re-seeking %s", sorted(expected))
         await self._seek_to_stored(list(expected))
         return {}
 
@@ -183,22 +208,13 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
                 failed.append(outcome)
             else:
                 states.update(outcome)
-        if failed:
-            await deadletter.publish(self._producer, self._dlq_topic, failed)
-            self.dead_lettered += len(failed)
-        writes = Writes()
-        for ref, state in states.items():
-            collection = collections[ref[0]]
-            writes.states[ref] = None if state is None else collection.dumps(state)
-            for lookup, value_of in collection.lookups.items():
-                old = None if before[ref] is None else value_of(before[ref])
-                new = None if state is None else value_of(state)
-                if old != new:
-                    if old is not None:
-                        writes.unlinked.append(Link(ref, lookup, old))
-                    if new is not None:
-                        writes.linked.append(Link(ref, lookup, new))
-        return writes
+        await self._dead_letter(failed)
+        self.dead_lettered += len(failed)
+        return writes_for(collections, before, states)
+
+    async def _dead_letter(self, letters: list[DeadLetter]) -> None:
+        if letters and not self._replay:
+            await deadletter.publish(self._producer, self._dlq_topic, letters)
 
     async def _project(
         self, record: Record, changes: list[Change], states: dict[EntityRef, Any]

@@ -3,24 +3,31 @@
 Key layout (all keys share the hash tag `{<prefix>}`, so one MULTI/EXEC may touch any of them, also
 on Redis Cluster, where they all live in one slot):
 
-    {<prefix>}:e:<collection>:<key>       entity JSON
-    {<prefix>}:ix:<collection>            the collection's keys (sorted set, score 0, lexical order)
-    {<prefix>}:lk:<collection>:<lookup>:<value>   keys of the entities with that value (set)
-    {<prefix>}:pos:<topic>:<partition>    next offset to apply from that partition
+    {<prefix>}:version                        the version queries read (a rebuild swaps it)
+    {<prefix>}:freeze                         present while a snapshot export reads the model
+    {<prefix>}:v<n>:e:<collection>:<key>      entity JSON
+    {<prefix>}:v<n>:ix:<collection>           the collection's keys (sorted set, lexical order)
+    {<prefix>}:v<n>:lk:<collection>:<lookup>:<value>   keys of the entities with that value (set)
+    {<prefix>}:v<n>:pos:<topic>:<partition>   next offset to apply from that partition
+    {<prefix>}:v<n>:bootstrap                 first-start state of the version (bootstrap.py)
 
 A batch's entity writes and its new positions are committed in one MULTI/EXEC that WATCHes the
-positions it started from and the entities it read: a consumer that lost its partitions in a
-rebalance (its positions moved on) aborts instead of overwriting newer state.
+positions it started from, the entities it read and the version pointer: a consumer that lost its
+partitions in a rebalance (its positions moved on), or whose version was swapped out by a rebuild,
+aborts instead of writing.
 """
 
+import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 from aiokafka import TopicPartition
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import WatchError
+
+from .projection import Collection
 
 EntityRef = tuple[str, str]  # (collection, key)
 
@@ -43,26 +50,95 @@ class Writes:
     unlinked: list[Link] = field(default_factory=list)
 
 
+def writes_for(
+    collections: Mapping[str, Collection[Any]],
+    before: Mapping[EntityRef, Any],
+    after: Mapping[EntityRef, Any],
+) -> Writes:
+    """The writes that take entities from `before` to `after` (None: absent), lookups included."""
+    writes = Writes()
+    for ref, state in after.items():
+        collection = collections[ref[0]]
+        writes.states[ref] = None if state is None else collection.dumps(state)
+        old_state = before.get(ref)
+        for lookup, value_of in collection.lookups.items():
+            old = None if old_state is None else value_of(old_state)
+            new = None if state is None else value_of(state)
+            if old != new:
+                if old is not None:
+                    writes.unlinked.append(Link(ref, lookup, old))
+                if new is not None:
+                    writes.linked.append(Link(ref, lookup, new))
+    return writes
+
+
 class ReadModel:
-    def __init__(self, redis: Redis, prefix: str) -> None:
+    """One version of the read model. `live` ones follow the version pointer; a rebuild writes a
+    version that is not live yet."""
+
+    def __init__(self, redis: Redis, prefix: str, *, version: int = 1, live: bool = True) -> None:
         self.redis = redis
+        self.prefix = prefix
+        self.version = version
+        self.live = live
         self._tag = "{" + prefix + "}"
 
     def key(self, *parts: str) -> str:
-        """A key of this service's, in its hash slot."""
+        """A key of this service's, in its hash slot, outside any version."""
         return ":".join((self._tag, *parts))
 
+    def versioned(self, *parts: str) -> str:
+        return self.key(f"v{self.version}", *parts)
+
+    @property
+    def version_key(self) -> str:
+        return self.key("version")
+
+    @property
+    def freeze_key(self) -> str:
+        return self.key("freeze")
+
     def entity_key(self, collection: str, key: str) -> str:
-        return self.key("e", collection, key)
+        return self.versioned("e", collection, key)
 
     def index_key(self, collection: str) -> str:
-        return self.key("ix", collection)
+        return self.versioned("ix", collection)
 
     def lookup_key(self, collection: str, lookup: str, value: str) -> str:
-        return self.key("lk", collection, lookup, value)
+        return self.versioned("lk", collection, lookup, value)
 
     def position_key(self, tp: TopicPartition) -> str:
-        return self.key("pos", tp.topic, str(tp.partition))
+        return self.versioned("pos", tp.topic, str(tp.partition))
+
+    def at(self, version: int) -> "ReadModel":
+        """Another version of the same read model, written by a rebuild: not live."""
+        return ReadModel(self.redis, self.prefix, version=version, live=False)
+
+    async def initialise(self) -> bool:
+        """Point at version 1 if nothing does yet; True when this read model is brand new."""
+        created = bool(await self.redis.set(self.version_key, 1, nx=True))
+        await self.refresh()
+        return created
+
+    async def refresh(self) -> bool:
+        """Follow the version pointer; True when it moved."""
+        current = await self.redis.get(self.version_key)
+        version = int(current) if current is not None else self.version
+        moved, self.version = version != self.version, version
+        return moved
+
+    async def drop(self) -> int:
+        """Delete every key of this version; returns how many."""
+        deleted = 0
+        batch: list[bytes] = []
+        async for key in self.redis.scan_iter(match=self.versioned("*"), count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                deleted += await self.redis.unlink(*batch)
+                batch = []
+        if batch:
+            deleted += await self.redis.unlink(*batch)
+        return deleted
 
     async def get(self, collection: str, key: str) -> bytes | None:
         return cast(bytes | None, await self.redis.get(self.entity_key(collection, key)))
@@ -122,16 +198,26 @@ class ReadModel:
         """Fold a batch onto the current states and write the result with the new positions.
 
         Returns False, writing nothing, when a stored position is no longer the one `expected`
-        (another consumer has moved the partition on). A concurrent write to an entity this batch
-        read makes it re-read and fold again.
+        (another consumer has moved the partition on) or this version is no longer the live one.
+        While a snapshot export holds the freeze, it waits. A concurrent write to an entity this
+        batch read makes it re-read and fold again.
         """
         tps = list(expected)
         position_keys = [self.position_key(tp) for tp in tps]
         entity_keys = [self.entity_key(collection, key) for collection, key in entities]
+        guards = [self.version_key, self.freeze_key] if self.live else []
         while True:
             async with self.redis.pipeline(transaction=True) as pipe:
                 try:
-                    await pipe.watch(*position_keys, *entity_keys)
+                    await pipe.watch(*guards, *position_keys, *entity_keys)
+                    if self.live:
+                        version, frozen = await pipe.mget(guards)
+                        if frozen is not None:  # a snapshot export is reading: wait for it
+                            await pipe.reset()  # type: ignore[no-untyped-call]
+                            await asyncio.sleep(0.1)
+                            continue
+                        if version is not None and int(version) != self.version:
+                            return False  # a rebuild swapped versions: the caller re-seeks
                     stored = cast(list[bytes | None], await pipe.mget(position_keys))
                     if [None if v is None else int(v) for v in stored] != [
                         expected[tp] for tp in tps

@@ -3,7 +3,7 @@
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Coroutine
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,10 +12,12 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from ..settings import Settings
+from . import snapshot
 from .commands import CommandBus
 from .errors import StartupError
 from .handling import CommandWorker, Handlers
 from .kafka import new_consumer, new_producer, start_client
+from .progress import Progress
 from .projection import Registry
 from .projector import Projector
 from .readmodel import ReadModel
@@ -23,32 +25,53 @@ from .readmodel import ReadModel
 log = logging.getLogger(__name__)
 
 REDIS_PING_TIMEOUT_S = 1.0
+VERSION_POLL_S = 0.5
 
 
 @dataclass
 class Service:
     settings: Settings
-    readmodel: ReadModel
+    readmodel: ReadModel  # what queries read: follows the version pointer
     producer: AIOKafkaProducer
     commands: CommandBus
+    bootstrap: Progress = field(default_factory=lambda: Progress("bootstrap"))
     projector: Projector | None = None
     tasks: list["asyncio.Task[None]"] = field(default_factory=list)
+    caught_up: bool = False  # once true, Kafka lag no longer takes this instance out of service
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
-        """Whether to send this instance traffic, with the state of each component."""
-        checks: dict[str, str] = {"redis": "ok", "projector": "ok"}
+        """Whether to send this instance traffic, with the state of each component.
+
+        Not ready until the bootstrap has finished and every partition is within READY_MAX_LAG
+        of its end; after that, only Redis (the source of every answer) decides, so the service
+        keeps serving through a Kafka outage.
+        """
+        checks: dict[str, str] = {"redis": "ok", "bootstrap": "ok", "projector": "ok"}
         try:
             async with asyncio.timeout(REDIS_PING_TIMEOUT_S):
                 await self.readmodel.redis.ping()
         except (RedisError, OSError, TimeoutError) as exc:
             checks["redis"] = f"unreachable: {exc!r}"
-        if self.projector is not None and not self.projector.assigned_once.is_set():
-            checks["projector"] = "waiting for partition assignment"
+        if not self.bootstrap.finished:
+            checks["bootstrap"] = f"loading: {self.bootstrap.describe()}"
+        lag = {} if self.projector is None else self.projector.lag()
+        if not self.caught_up and self.projector is not None:
+            if not self.projector.assigned_once.is_set():
+                checks["projector"] = "waiting for partition assignment"
+            elif any(n is None or n > self.settings.ready_max_lag for n in lag.values()):
+                checks["projector"] = f"catching up (READY_MAX_LAG={self.settings.ready_max_lag})"
         for task in self.tasks:
             if task.done():
                 checks[task.get_name()] = "stopped"
         ready = all(state == "ok" for state in checks.values())
-        return ready, {"status": "ready" if ready else "not ready", "checks": checks}
+        self.caught_up = self.caught_up or ready
+        body = {
+            "status": "ready" if ready else "not ready",
+            "checks": checks,
+            "bootstrap": self.bootstrap.as_dict(),
+            "lag": lag,
+        }
+        return ready, body
 
 
 async def connect_redis(settings: Settings) -> Redis:
@@ -74,6 +97,8 @@ async def running(
         redis = await connect_redis(settings)
         stack.push_async_callback(redis.aclose)
         readmodel = ReadModel(redis, settings.redis_key_prefix)
+        if await readmodel.initialise():  # a brand-new read model: load a snapshot first
+            await redis.set(readmodel.versioned("bootstrap"), "pending")
 
         producer = new_producer(settings)
         await start_client(producer, settings)
@@ -90,10 +115,8 @@ async def running(
         service = Service(settings, readmodel, producer, bus)
         stopping = asyncio.Event()
 
-        async def subscribed(
-            consumer: AIOKafkaConsumer, topics: list[str], listener: Projector | None = None
-        ) -> AIOKafkaConsumer:
-            consumer.subscribe(topics, listener=listener)
+        async def subscribed(consumer: AIOKafkaConsumer, topics: list[str]) -> AIOKafkaConsumer:
+            consumer.subscribe(topics)
             await start_client(consumer, settings)
             stack.push_async_callback(consumer.stop)
             return consumer
@@ -107,13 +130,13 @@ async def running(
             projector = Projector(
                 consumer,
                 producer,
-                readmodel,
+                ReadModel(redis, settings.redis_key_prefix),  # its own view: swaps when fenced
                 registry,
                 dlq_topic=settings.dlq_topic,
                 max_batch=settings.consumer_max_batch,
                 poll_timeout_ms=settings.consumer_poll_timeout_ms,
             )
-            await subscribed(consumer, settings.upstream_topics, projector)
+            stack.push_async_callback(consumer.stop)  # started once the bootstrap is done
         worker = CommandWorker(
             await subscribed(group(".commands"), [settings.commands_topic]),
             producer,
@@ -139,12 +162,59 @@ async def running(
         if projector is not None:
             stack.callback(projector.stop)
             service.projector = projector
-            keep("projector", projector.run())
+        keep("projector", _go_live(settings, registry, service, projector))
+        keep("version", _follow_version(readmodel, stopping))
         keep("commands", worker.run(stopping))
         keep("replies", bus.consume_replies(replies, settings.dlq_topic, stopping))
         keep("completions", bus.listen(stopping))
         log.info("%s started", settings.service_name)
         yield service
+
+
+async def _go_live(
+    settings: Settings,
+    registry: Registry,
+    service: Service,
+    projector: Projector | None,
+) -> None:
+    """Load the snapshot if this read model has never been bootstrapped, then project live."""
+    readmodel = service.readmodel
+    marker = readmodel.versioned("bootstrap")
+    if await readmodel.redis.get(marker) == b"pending":
+        consumer = new_consumer(settings, group_id=None)
+        await start_client(consumer, settings)
+        try:
+            summary = await snapshot.load(
+                readmodel,
+                consumer,
+                settings,
+                registry.collections,
+                settings.data_topic,
+                progress=service.bootstrap,
+            )
+            log.info("bootstrap: loaded %s", summary)
+        except StartupError as exc:  # no data topic: nothing to load
+            log.warning("bootstrap skipped: %s", exc)
+        finally:
+            await consumer.stop()
+        await readmodel.redis.set(marker, "done")
+    service.bootstrap.finished = True
+    if projector is not None:
+        projector.consumer.subscribe(settings.upstream_topics, listener=projector)
+        await start_client(projector.consumer, settings)
+        await projector.run()
+
+
+async def _follow_version(readmodel: ReadModel, stopping: asyncio.Event) -> None:
+    """Keep queries on the live version: a rebuild swaps it (and deletes the old one soon after)."""
+    while not stopping.is_set():
+        try:
+            if await readmodel.refresh():
+                log.info("queries now read version %d", readmodel.version)
+        except (RedisError, OSError) as exc:
+            log.debug("version check failed: %r", exc)
+        with suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), VERSION_POLL_S)
 
 
 def _report_crash(task: "asyncio.Task[None]") -> None:
