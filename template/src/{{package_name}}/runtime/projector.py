@@ -119,6 +119,7 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
                 timeout_ms=self._poll_timeout_ms, max_records=self._max_batch
             )
             if not batches:
+                await self._follow_swap()
                 continue
             try:
                 async with self._batch_lock:
@@ -142,6 +143,15 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
                 None if highwater is None else max(0, highwater - (position or 0))
             )
         return lags
+
+    async def _follow_swap(self) -> None:
+        """While idle, notice a rebuild's swap (a busy projector notices at its next commit)."""
+        try:
+            if self._readmodel.live and await self._readmodel.refresh():
+                async with self._batch_lock:
+                    await self._seek_to_stored(list(self._positions))
+        except RedisError as exc:
+            log.debug("version check failed: %r", exc)
 
     async def _reached(self, until: Mapping[TopicPartition, int]) -> bool:
         # The consumer's position, not the last record's offset + 1: it also steps over
