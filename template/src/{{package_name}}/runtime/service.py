@@ -60,8 +60,8 @@ class Service:
                 checks["projector"] = "waiting for partition assignment"
             elif any(n is None or n > self.settings.ready_max_lag for n in lag.values()):
                 checks["projector"] = f"catching up (READY_MAX_LAG={self.settings.ready_max_lag})"
-        for task in self.tasks:
-            if task.done():
+        for task in self.tasks:  # a loop that died (they only end on shutdown otherwise)
+            if task.done() and (task.cancelled() or task.exception() is not None):
                 checks[task.get_name()] = "stopped"
         ready = all(state == "ok" for state in checks.values())
         self.caught_up = self.caught_up or ready
