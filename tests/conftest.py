@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import ROOT, git
+from .helpers import snapshot_template
 
 
 @pytest.fixture(scope="session")
@@ -27,21 +27,5 @@ def services_env() -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def template_snapshot(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The template's working tree committed into a fresh repo tagged v99.0.0.
-
-    A copy made from a dirty checkout records a commit that later updates cannot find; a snapshot
-    gives copier and cookiecutter the same, real, versioned source.
-    """
-    dest = tmp_path_factory.mktemp("template")
-    files = git(ROOT, "ls-files", "--cached", "--others", "--exclude-standard", "-z").split("\0")
-    for name in filter(None, files):
-        source = ROOT / name
-        if source.is_file():
-            target = dest / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(source.read_bytes())
-    git(dest, "init", "-q", "-b", "main")
-    git(dest, "add", "-A")
-    git(dest, "commit", "-q", "-m", "snapshot")
-    git(dest, "tag", "v99.0.0")
-    return dest
+    """The template's working tree committed into a fresh repo tagged v99.0.0 (see helpers)."""
+    return snapshot_template(tmp_path_factory.mktemp("template"))

@@ -58,3 +58,23 @@ def git(cwd: Path, *args: str) -> str:
         check=True,
     )
     return result.stdout
+
+
+def snapshot_template(dest: Path, tag: str = "v99.0.0") -> Path:
+    """The template's working tree committed into a fresh repo at `dest`, tagged `tag`.
+
+    A copy made from a dirty checkout records a commit that later updates cannot find; a snapshot
+    gives copier and cookiecutter a real, versioned source that a test may move forward.
+    """
+    files = git(ROOT, "ls-files", "--cached", "--others", "--exclude-standard", "-z").split("\0")
+    for name in filter(None, files):
+        source = ROOT / name
+        if source.is_file():
+            target = dest / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(source.read_bytes())
+    git(dest, "init", "-q", "-b", "main")
+    git(dest, "add", "-A")
+    git(dest, "commit", "-q", "-m", "snapshot")
+    git(dest, "tag", tag)
+    return dest

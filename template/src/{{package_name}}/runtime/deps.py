@@ -24,7 +24,9 @@ def get_commands(request: Request) -> CommandBus:
 
 
 def get_settings(request: Request) -> Settings:
-    return get_service(request).settings
+    settings = get_service(request).settings
+    assert isinstance(settings, Settings), "create_app() takes the service's own Settings"
+    return settings
 
 
 ServiceDep = Annotated[Service, Depends(get_service)]

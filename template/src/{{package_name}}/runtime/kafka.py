@@ -10,8 +10,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from ..settings import Settings
 from .errors import StartupError
+from .settings import ServiceSettings
 
 
 class Record(Protocol):
@@ -25,7 +25,7 @@ class Record(Protocol):
     headers: Sequence[tuple[str, bytes]]
 
 
-def new_producer(settings: Settings) -> AIOKafkaProducer:
+def new_producer(settings: ServiceSettings) -> AIOKafkaProducer:
     """An idempotent producer: a retried send never writes a record twice."""
     return AIOKafkaProducer(
         bootstrap_servers=settings.bootstrap_servers,
@@ -36,7 +36,7 @@ def new_producer(settings: Settings) -> AIOKafkaProducer:
     )
 
 
-def new_consumer(settings: Settings, *, group_id: str | None) -> AIOKafkaConsumer:
+def new_consumer(settings: ServiceSettings, *, group_id: str | None) -> AIOKafkaConsumer:
     """A consumer that never auto-commits: positions live in Redis beside the state they made."""
     return AIOKafkaConsumer(
         bootstrap_servers=settings.bootstrap_servers,
@@ -50,7 +50,7 @@ def new_consumer(settings: Settings, *, group_id: str | None) -> AIOKafkaConsume
 
 
 async def start_client(
-    client: AIOKafkaProducer | AIOKafkaConsumer | AIOKafkaAdminClient, settings: Settings
+    client: AIOKafkaProducer | AIOKafkaConsumer | AIOKafkaAdminClient, settings: ServiceSettings
 ) -> None:
     """Start a client, retrying while the broker is unreachable, KAFKA_STARTUP_TIMEOUT_S at most."""
     retrying = AsyncRetrying(
@@ -74,7 +74,7 @@ async def start_client(
         ) from exc
 
 
-async def partitions_of(settings: Settings, topic: str) -> list[TopicPartition]:
+async def partitions_of(settings: ServiceSettings, topic: str) -> list[TopicPartition]:
     """The partitions of a topic; StartupError if it does not exist."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
     await start_client(admin, settings)
@@ -87,7 +87,7 @@ async def partitions_of(settings: Settings, topic: str) -> list[TopicPartition]:
     return sorted(TopicPartition(topic, p["partition"]) for p in described["partitions"])
 
 
-def own_topics(settings: Settings) -> list[str]:
+def own_topics(settings: ServiceSettings) -> list[str]:
     """The topics this service owns (DESIGN.md, "Topic conventions")."""
     topics = [
         settings.events_topic,
@@ -100,7 +100,7 @@ def own_topics(settings: Settings) -> list[str]:
 
 
 async def create_topics(
-    settings: Settings, topics: Sequence[str], *, partitions: int, replication: int = 1
+    settings: ServiceSettings, topics: Sequence[str], *, partitions: int, replication: int = 1
 ) -> list[str]:
     """Create the topics that do not exist yet; returns the ones created."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)

@@ -20,7 +20,6 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from ..settings import Settings
 from . import snapshot
 from .deadletter import reason_of
 from .errors import StartupError
@@ -29,6 +28,7 @@ from .projection import Registry
 from .projector import Projector
 from .readmodel import ReadModel
 from .service import connect_redis
+from .settings import ServiceSettings
 
 CATCH_UP_ROUNDS = 5
 
@@ -41,7 +41,7 @@ class Clients:
 
 
 @asynccontextmanager
-async def clients(settings: Settings) -> AsyncIterator[Clients]:
+async def clients(settings: ServiceSettings) -> AsyncIterator[Clients]:
     """Redis, a producer and a group-less consumer, closed on exit."""
     async with AsyncExitStack() as stack:
         redis = await connect_redis(settings)
@@ -56,14 +56,14 @@ async def clients(settings: Settings) -> AsyncIterator[Clients]:
 
 
 async def _assign_all(
-    consumer: AIOKafkaConsumer, settings: Settings, topic: str
+    consumer: AIOKafkaConsumer, settings: ServiceSettings, topic: str
 ) -> list[TopicPartition]:
     tps = await partitions_of(settings, topic)
     consumer.assign(tps)
     return tps
 
 
-async def dead_letters(settings: Settings, *, limit: int) -> list[dict[str, Any]]:
+async def dead_letters(settings: ServiceSettings, *, limit: int) -> list[dict[str, Any]]:
     """Up to `limit` dead letters, oldest first, each with its reason."""
     async with clients(settings) as c:
         tps = await _assign_all(c.consumer, settings, settings.dlq_topic)
@@ -96,7 +96,7 @@ def _describe(record: Any) -> dict[str, Any]:
     }
 
 
-async def redrive(settings: Settings, registry: Registry) -> Projector:
+async def redrive(settings: ServiceSettings, registry: Registry) -> Projector:
     """Project every dead letter present now; returns the projector, which counts the outcome."""
     async with clients(settings) as c:
         tps = await _assign_all(c.consumer, settings, settings.dlq_topic)
@@ -116,14 +116,14 @@ async def redrive(settings: Settings, registry: Registry) -> Projector:
 
 
 async def export_snapshot(
-    settings: Settings, topic: str, progress: snapshot.ProgressCallback | None = None
+    settings: ServiceSettings, topic: str, progress: snapshot.ProgressCallback | None = None
 ) -> snapshot.Summary:
     async with clients(settings) as c:
         return await snapshot.export(c.readmodel, c.producer, settings, topic, progress)
 
 
 async def rebuild(
-    settings: Settings,
+    settings: ServiceSettings,
     registry: Registry,
     *,
     grace_s: float = 5.0,

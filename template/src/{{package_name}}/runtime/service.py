@@ -11,7 +11,6 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from ..settings import Settings
 from . import snapshot
 from .commands import CommandBus
 from .errors import StartupError
@@ -21,6 +20,7 @@ from .progress import Progress
 from .projection import Registry
 from .projector import Projector
 from .readmodel import ReadModel
+from .settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ VERSION_POLL_S = 0.5
 
 @dataclass
 class Service:
-    settings: Settings
+    settings: ServiceSettings
     readmodel: ReadModel  # what queries read: follows the version pointer
     producer: AIOKafkaProducer
     commands: CommandBus
@@ -74,7 +74,7 @@ class Service:
         return ready, body
 
 
-async def connect_redis(settings: Settings) -> Redis:
+async def connect_redis(settings: ServiceSettings) -> Redis:
     redis = Redis.from_url(str(settings.redis_url), health_check_interval=30)
     try:
         async with asyncio.timeout(REDIS_PING_TIMEOUT_S * 5):
@@ -87,7 +87,7 @@ async def connect_redis(settings: Settings) -> Redis:
 
 @asynccontextmanager
 async def running(
-    settings: Settings, registry: Registry, handlers: Handlers | None = None
+    settings: ServiceSettings, registry: Registry, handlers: Handlers | None = None
 ) -> AsyncIterator[Service]:
     """Start Redis, the Kafka clients and the consumers; on exit stop them in reverse order.
 
@@ -172,7 +172,7 @@ async def running(
 
 
 async def _go_live(
-    settings: Settings,
+    settings: ServiceSettings,
     registry: Registry,
     service: Service,
     projector: Projector | None,

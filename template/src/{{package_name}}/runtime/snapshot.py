@@ -30,10 +30,10 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
-from ..settings import Settings
 from .kafka import Record, partitions_of, start_client
 from .projection import Collection
 from .readmodel import EntityRef, ReadModel, Writes, writes_for
+from .settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def _headers(record: Record) -> dict[str, str]:
 async def export(
     readmodel: ReadModel,
     producer: AIOKafkaProducer,
-    settings: Settings,
+    settings: ServiceSettings,
     topic: str,
     progress: ProgressCallback | None = None,
 ) -> Summary:
@@ -157,7 +157,9 @@ async def _send_entities(
     return len(sent)
 
 
-async def _end_offsets(settings: Settings, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+async def _end_offsets(
+    settings: ServiceSettings, tps: list[TopicPartition]
+) -> dict[TopicPartition, int]:
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers)
     await start_client(consumer, settings)
     try:
@@ -166,7 +168,7 @@ async def _end_offsets(settings: Settings, tps: list[TopicPartition]) -> dict[To
         await consumer.stop()
 
 
-async def _delete_before(settings: Settings, offsets: Mapping[TopicPartition, int]) -> None:
+async def _delete_before(settings: ServiceSettings, offsets: Mapping[TopicPartition, int]) -> None:
     """Drop the records of earlier exports (best effort: loading ignores them anyway)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
     await start_client(admin, settings)
@@ -184,7 +186,7 @@ async def _delete_before(settings: Settings, offsets: Mapping[TopicPartition, in
 async def load(
     readmodel: ReadModel,
     consumer: AIOKafkaConsumer,
-    settings: Settings,
+    settings: ServiceSettings,
     collections: Mapping[str, Collection[Any]],
     topic: str,
     progress: ProgressCallback | None = None,
