@@ -79,7 +79,10 @@ def test_results_topic_only_with_pipeline_results(tmp_path: Path) -> None:
     without = render(tmp_path / "off")
     assert "arcadia.identity.personabff.results" in (with_results / "README.md").read_text()
     assert "arcadia.identity.personabff.results" not in (without / "README.md").read_text()
-    assert "PIPELINE_RESULTS = True" in (with_results / "src/personabff/runtime/settings.py").read_text()
+    assert (
+        "PIPELINE_RESULTS = True"
+        in (with_results / "src/personabff/runtime/settings.py").read_text()
+    )
 
 
 def test_readme_scaffold_command(tmp_path: Path) -> None:
