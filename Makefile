@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 DEST ?= ../personabff
 COPIER_ARGS ?=
 
-.PHONY: help install services stop-services test test-fast new lint
+.PHONY: help install services stop-services test test-fast new lint docs
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -26,7 +26,7 @@ services:  ## Start Kafka and Redis on 127.0.0.1 (installed on first use)
 stop-services:  ## Stop them (data is kept)
 	scripts/services.sh stop
 
-test: install services lint  ## Everything: render every variant, lint, type-check, run generated suites
+test: install services lint docs  ## Everything: render every variant, lint, type-check, run generated suites
 	. <(scripts/services.sh env) && $(PY) -m pytest -n 2
 
 lint:  ## ruff over the template repository's own Python (the template is checked as rendered)
@@ -35,6 +35,9 @@ lint:  ## ruff over the template repository's own Python (the template is checke
 
 test-fast: install  ## Only what needs no Kafka or Redis
 	$(PY) -m pytest -m "not services"
+
+docs: install  ## Build the documentation site (strict: broken links fail)
+	$(VENV)/bin/mkdocs build --strict --quiet --site-dir .venv/site
 
 new: install  ## Scaffold a service into DEST (default ../personabff), asking each question
 	$(VENV)/bin/copier copy $(COPIER_ARGS) . $(DEST)
