@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 DEST ?= ../personabff
 COPIER_ARGS ?=
 
-.PHONY: help install services stop-services test test-fast new lint docs
+.PHONY: help install services stop-services test test-fast new lint docs bench bench-full
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -15,7 +15,7 @@ install: $(VENV)/.installed  ## Shared environment: template test tools + the ge
 $(VENV)/.installed: pyproject.toml template/pyproject.toml.jinja
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q --group test
+	$(PY) -m pip install -q --group test --group bench
 	$(PY) scripts/service_requirements.py > $(VENV)/service-requirements.txt
 	$(PY) -m pip install -q -r $(VENV)/service-requirements.txt
 	touch $@
@@ -30,14 +30,20 @@ test: install services lint docs  ## Everything: render every variant, lint, typ
 	. <(scripts/services.sh env) && $(PY) -m pytest -n 2
 
 lint:  ## ruff over the template repository's own Python (the template is checked as rendered)
-	$(PY) -m ruff check tests hooks scripts
-	$(PY) -m ruff format --check tests hooks scripts
+	$(PY) -m ruff check tests hooks scripts bench
+	$(PY) -m ruff format --check tests hooks scripts bench
 
 test-fast: install  ## Only what needs no Kafka or Redis
 	$(PY) -m pytest -m "not services"
 
 docs: install  ## Build the documentation site (strict: broken links fail)
 	$(VENV)/bin/mkdocs build --strict --quiet --site-dir .venv/site
+
+bench: install services  ## Benchmarks, quick mode (a few minutes): ratios, plot, docs/benchmarks.md
+	. <(scripts/services.sh env) && $(PY) bench/run.py --quick
+
+bench-full: install services  ## Benchmarks with larger runs
+	. <(scripts/services.sh env) && $(PY) bench/run.py
 
 new: install  ## Scaffold a service into DEST (default ../personabff), asking each question
 	$(VENV)/bin/copier copy $(COPIER_ARGS) . $(DEST)

@@ -65,16 +65,14 @@ def _envelope(attrs: dict[str, Any], data: Any) -> CloudEvent:
     if attrs.get("specversion") != "1.0":
         raise NotCloudEventError(f"specversion must be '1.0', got {attrs.get('specversion')!r}")
     for name in _REQUIRED:
-        if not isinstance(attrs.get(name), str) or not attrs[name]:
+        value = attrs.get(name)
+        if type(value) is not str or not value:
             raise NotCloudEventError(f"attribute '{name}' must be a non-empty string")
     for name in _OPTIONAL:
-        if attrs.get(name) is not None and not isinstance(attrs[name], str):
+        value = attrs.get(name)
+        if value is not None and type(value) is not str:
             raise NotCloudEventError(f"attribute '{name}' must be a string")
-    extensions = {
-        name: value
-        for name, value in attrs.items()
-        if name not in _KNOWN and isinstance(value, str)
-    }
+    extra = attrs.keys() - _KNOWN  # usually empty: this runs for every event
     return CloudEvent(
         id=attrs["id"],
         source=attrs["source"],
@@ -83,7 +81,7 @@ def _envelope(attrs: dict[str, Any], data: Any) -> CloudEvent:
         time=attrs.get("time"),
         subject=attrs.get("subject"),
         datacontenttype=attrs.get("datacontenttype"),
-        extensions=extensions,
+        extensions={name: attrs[name] for name in extra if type(attrs[name]) is str},
     )
 
 

@@ -50,6 +50,18 @@ class Writes:
     unlinked: list[Link] = field(default_factory=list)
 
 
+# Adds (+) or removes (-) an entity's key in the lookup sets named by KEYS.
+_LINK = """
+for i, key in ipairs(KEYS) do
+  if ARGV[2 * i - 1] == '+' then
+    redis.call('SADD', key, ARGV[2 * i])
+  else
+    redis.call('SREM', key, ARGV[2 * i])
+  end
+end
+"""
+
+
 def writes_for(
     collections: Mapping[str, Collection[Any]],
     before: Mapping[EntityRef, Any],
@@ -79,16 +91,25 @@ class ReadModel:
     def __init__(self, redis: Redis, prefix: str, *, version: int = 1, live: bool = True) -> None:
         self.redis = redis
         self.prefix = prefix
-        self.version = version
         self.live = live
         self._tag = "{" + prefix + "}"
+        self.version = version
 
     def key(self, *parts: str) -> str:
         """A key of this service's, in its hash slot, outside any version."""
         return ":".join((self._tag, *parts))
 
+    @property
+    def version(self) -> int:
+        return self._version
+
+    @version.setter
+    def version(self, version: int) -> None:
+        self._version = version
+        self._versioned = f"{self._tag}:v{version}:"  # built once: keys are made per entity
+
     def versioned(self, *parts: str) -> str:
-        return self.key(f"v{self.version}", *parts)
+        return self._versioned + ":".join(parts)
 
     @property
     def version_key(self) -> str:
@@ -99,7 +120,7 @@ class ReadModel:
         return self.key("freeze")
 
     def entity_key(self, collection: str, key: str) -> str:
-        return self.versioned("e", collection, key)
+        return f"{self._versioned}e:{collection}:{key}"
 
     def index_key(self, collection: str) -> str:
         return self.versioned("ix", collection)
@@ -251,7 +272,8 @@ class ReadModel:
                 pipe.zadd(self.index_key(collection), dict.fromkeys(added, 0))
             if removed:
                 pipe.zrem(self.index_key(collection), *removed)
-        for link in writes.unlinked:
-            pipe.srem(self.lookup_key(link.ref[0], link.lookup, link.value), link.ref[1])
-        for link in writes.linked:
-            pipe.sadd(self.lookup_key(link.ref[0], link.lookup, link.value), link.ref[1])
+        links = [("-", link) for link in writes.unlinked] + [("+", link) for link in writes.linked]
+        if links:  # one script call, not a command per link: packing commands is what costs
+            keys = [self.lookup_key(link.ref[0], link.lookup, link.value) for _, link in links]
+            args = [part for op, link in links for part in (op, link.ref[1])]
+            pipe.eval(_LINK, len(keys), *keys, *args)

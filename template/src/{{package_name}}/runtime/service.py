@@ -20,6 +20,7 @@ from .progress import Progress
 from .projection import Registry
 from .projector import Projector
 from .readmodel import ReadModel
+from .redis import redis_client
 from .settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ class Service:
 
 
 async def connect_redis(settings: ServiceSettings) -> Redis:
-    redis = Redis.from_url(str(settings.redis_url), health_check_interval=30)
+    redis = redis_client(str(settings.redis_url), health_check_interval=30)
     try:
         async with asyncio.timeout(REDIS_PING_TIMEOUT_S * 5):
             await redis.ping()

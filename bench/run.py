@@ -1,0 +1,557 @@
+"""Benchmarks of a generated service against baselines measured in the same run.
+
+    python bench/run.py [--quick]
+
+Renders the template with default answers, then measures, against the real Kafka and Redis at
+KAFKA_BOOTSTRAP_SERVERS and REDIS_URL (`make bench` starts both):
+
+    projection  events/s into the read model    vs raw getmany, and a naive SET-per-event consumer
+    query       GET /personas/{id} req/s, p99   vs a minimal FastAPI app doing one Redis GET (wrk)
+    bootstrap   snapshot records/s loaded       vs raw consume of the data topic
+    saga        command -> reply round trip     p50 and p99, absolute
+    memory      Redis bytes per entity          vs the entity's JSON size
+
+It prints each figure with its ratio and target (machines here are noisy and shared, so only
+ratios measured in the same run mean anything), writes bench/results/latest.json, the plot
+docs/img/benchmarks.png and the table in docs/benchmarks.md.
+"""
+
+import argparse
+import asyncio
+import importlib
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from copier import run_copy
+from redis.asyncio import Redis
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench/results/latest.json"
+PLOT = ROOT / "docs/img/benchmarks.png"
+PAGE = ROOT / "docs/benchmarks.md"
+KAFKA = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092")
+REDIS = os.environ.get("REDIS_URL", "redis://localhost:6379/0")
+
+
+@dataclass
+class Figure:
+    name: str
+    service: float
+    baseline: float | None
+    unit: str
+    ratio: float  # service / baseline, or the absolute value when there is no baseline
+    target: float
+    higher_is_better: bool
+    note: str
+
+    @property
+    def met(self) -> bool:
+        return self.ratio >= self.target if self.higher_is_better else self.ratio <= self.target
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------- the service under test
+@contextmanager
+def generated_service() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory() as tmp:
+        project = Path(tmp) / "personabff"
+        run_copy(str(ROOT), str(project), defaults=True, vcs_ref="HEAD", quiet=True)
+        sys.path.insert(0, str(project / "src"))
+        yield project
+
+
+def settings_for(run: str, **overrides: Any) -> Any:
+    from personabff.settings import Settings
+
+    values = {
+        "kafka_bootstrap_servers": KAFKA,
+        "redis_url": REDIS,
+        "topic_prefix": f"{run}.arcadia.identity.personabff",
+        "redis_key_prefix": f"{run}.personabff",
+        "upstream_topics": [f"{run}.arcadia.identity.personaservice.events"],
+    }
+    return Settings(_env_file=None, **{**values, **overrides})
+
+
+def persona_events(count: int) -> Iterator[tuple[bytes, bytes]]:
+    """(key, CloudEvent): personas created, then renamed, about 250 bytes each."""
+    personas = count // 2
+    for n in range(count):
+        persona_id = f"p{n % personas}"
+        if n < personas:
+            event_type = "persona.created.v1"
+            data = {
+                "persona_id": persona_id,
+                "name": f"Persona {n}",
+                "email": f"{persona_id}@example.com",
+            }
+        else:
+            event_type = "persona.renamed.v2"
+            data = {"persona_id": persona_id, "display_name": f"Renamed {n}"}
+        envelope = {
+            "specversion": "1.0",
+            "id": uuid.uuid4().hex,
+            "source": "/bench/personaservice",
+            "type": event_type,
+            "time": "2026-11-27T10:00:00Z",
+            "datacontenttype": "application/json",
+            "data": data,
+        }
+        yield persona_id.encode(), orjson.dumps(envelope)
+
+
+async def produce(topic: str, records: Iterator[tuple[bytes, bytes]]) -> int:
+    producer = AIOKafkaProducer(bootstrap_servers=KAFKA, linger_ms=20, max_batch_size=262144)
+    await producer.start()
+    sent = 0
+    try:
+        pending = []
+        for key, value in records:
+            pending.append(await producer.send(topic, value, key=key))
+            sent += 1
+            if len(pending) >= 20_000:
+                await asyncio.gather(*pending)
+                pending = []
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+    return sent
+
+
+async def assigned_consumer(
+    topic: str, **options: Any
+) -> tuple[AIOKafkaConsumer, list[TopicPartition]]:
+    from personabff.runtime.kafka import partitions_of
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=KAFKA, **options)
+    await consumer.start()
+    await asyncio.sleep(0)
+    tps = await partitions_of(settings_for("probe"), topic)
+    consumer.assign(tps)
+    await consumer.seek_to_beginning(*tps)
+    return consumer, tps
+
+
+async def raw_consume(topic: str, count: int) -> float:
+    """Records/s of a bare getmany loop that does nothing with them."""
+    consumer, _ = await assigned_consumer(topic)
+    try:
+        seen, start = 0, time.perf_counter()
+        while seen < count:
+            batches = await consumer.getmany(timeout_ms=1000, max_records=10_000)
+            seen += sum(len(records) for records in batches.values())
+        return count / (time.perf_counter() - start)
+    finally:
+        await consumer.stop()
+
+
+# ------------------------------------------------------------------------------ the benchmarks
+async def projection(run: str, count: int, naive_count: int) -> tuple[list[Figure], Any]:
+    from personabff.projections import REGISTRY
+    from personabff.runtime.kafka import create_topics, own_topics
+    from personabff.runtime.projector import Projector
+    from personabff.runtime.readmodel import ReadModel
+
+    settings = settings_for(run)
+    [topic] = settings.upstream_topics
+    await create_topics(settings, [topic, *own_topics(settings)], partitions=3)
+    say(f"projection: producing {count:,} events")
+    await produce(topic, persona_events(count))
+
+    say("projection: raw getmany")
+    raw = await raw_consume(topic, count)
+
+    say(f"projection: naive consumer ({naive_count:,} events, one SET each, auto-commit)")
+    redis = Redis.from_url(REDIS)
+    consumer, _ = await assigned_consumer(topic)
+    try:
+        seen, start = 0, time.perf_counter()
+        while seen < naive_count:
+            batches = await consumer.getmany(timeout_ms=1000, max_records=500)
+            for records in batches.values():
+                for record in records:
+                    event = orjson.loads(record.value)
+                    await redis.set(
+                        f"{run}:naive:{event['data']['persona_id']}", orjson.dumps(event["data"])
+                    )
+                    seen += 1
+        naive = seen / (time.perf_counter() - start)
+    finally:
+        await consumer.stop()
+
+    say("projection: the service's projector")
+    readmodel = ReadModel(redis, settings.redis_key_prefix)
+    await readmodel.initialise()
+    consumer, tps = await assigned_consumer(topic, isolation_level="read_committed")
+    producer = AIOKafkaProducer(bootstrap_servers=KAFKA)
+    await producer.start()
+    try:
+        end = await consumer.end_offsets(tps)
+        projector = Projector(
+            consumer,
+            producer,
+            readmodel,
+            REGISTRY,
+            dlq_topic=settings.dlq_topic,
+            max_batch=settings.consumer_max_batch,
+            mirror_to_kafka=False,
+        )
+        await projector.on_partitions_assigned(tps)
+        start = time.perf_counter()
+        await projector.run(until=end)
+        service = count / (time.perf_counter() - start)
+    finally:
+        await consumer.stop()
+        await producer.stop()
+        await redis.aclose()
+    return [
+        Figure("projection vs raw getmany", service, raw, "events/s", service / raw, 0.4, True, ""),
+        Figure(
+            "projection vs naive consumer",
+            service,
+            naive,
+            "events/s",
+            service / naive,
+            20,
+            True,
+            "",
+        ),
+    ], settings
+
+
+async def memory(settings: Any) -> Figure:
+    """Every key the read model holds for its personas (entity, index, lookup) per entity."""
+    redis = Redis.from_url(REDIS)
+    try:
+        tag = "{" + settings.redis_key_prefix + "}"
+        total = entities = json_bytes = 0
+        keys = [key async for key in redis.scan_iter(match=f"{tag}:v1:*", count=1000)]
+        async with redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.memory_usage(key, samples=0)
+            usages = await pipe.execute()
+        for key, usage in zip(keys, usages, strict=True):
+            total += usage or 0
+            if b":e:personas:" in key:
+                entities += 1
+        values = await redis.mget([k for k in keys if b":e:personas:" in k][:5000])
+        json_bytes = statistics.mean(len(v) for v in values if v)
+    finally:
+        await redis.aclose()
+    per_entity = total / entities
+    note = f"{entities:,} entities, JSON {json_bytes:.0f} B each"
+    return Figure(
+        "Redis memory per entity",
+        per_entity,
+        json_bytes,
+        "bytes",
+        per_entity / json_bytes,
+        1.5,
+        False,
+        note,
+    )
+
+
+async def bootstrap(settings: Any) -> Figure:
+    from personabff.projections import REGISTRY
+    from personabff.runtime import ops, snapshot
+    from personabff.runtime.readmodel import ReadModel
+
+    say("bootstrap: exporting the projected read model as a snapshot")
+    summary = await ops.export_snapshot(settings, settings.data_topic)
+    records = summary.entities + summary.positions + 1
+    raw = await raw_consume(settings.data_topic, records)
+    say(f"bootstrap: loading {records:,} records into an empty read model")
+    redis = Redis.from_url(REDIS)
+    target = ReadModel(redis, f"{settings.redis_key_prefix}.copy")
+    await target.initialise()
+    consumer = AIOKafkaConsumer(bootstrap_servers=KAFKA)
+    await consumer.start()
+    await asyncio.sleep(0)
+    try:
+        start = time.perf_counter()
+        await snapshot.load(target, consumer, settings, REGISTRY.collections, settings.data_topic)
+        rate = records / (time.perf_counter() - start)
+    finally:
+        await consumer.stop()
+        await redis.aclose()
+    return Figure(
+        "bootstrap vs raw consume",
+        rate,
+        raw,
+        "records/s",
+        rate / raw,
+        0.5,
+        True,
+        f"{records:,} records",
+    )
+
+
+async def saga(run: str, count: int) -> list[Figure]:
+    from asgi_lifespan import LifespanManager
+    from personabff.app import create_app
+    from personabff.runtime.handling import CommandHandler, Handlers, Outcome
+    from personabff.runtime.kafka import create_topics, own_topics
+    from pydantic import BaseModel
+
+    class Ping(BaseModel):
+        n: int
+
+    async def pong(command: Any, context: Any) -> Outcome:
+        return Outcome(result={"n": command.data.n})
+
+    settings = settings_for(run, upstream_topics=[])
+    await create_topics(settings, own_topics(settings), partitions=3)
+    app = create_app(settings, handlers=Handlers([CommandHandler("ping.v1", Ping, pong)]))
+    say(f"saga: {count} commands to the service's own .commands topic, each awaited")
+    latencies = []
+    async with LifespanManager(app, startup_timeout=60):
+        bus = app.state.service.commands
+        for n in range(count + 20):
+            start = time.perf_counter()
+            sent = await bus.send(settings.commands_topic, "ping.v1", f"k{n}", Ping(n=n))
+            status = await bus.wait(sent.command_id, 10)
+            assert status is not None and status.status == "succeeded", status
+            if n >= 20:  # the first ones warm up connections and group assignments
+                latencies.append((time.perf_counter() - start) * 1000)
+    cuts = statistics.quantiles(latencies, n=100)
+    return [
+        Figure("saga round trip p50", cuts[49], None, "ms", cuts[49], 50, False, "loopback"),
+        Figure("saga round trip p99", cuts[98], None, "ms", cuts[98], 50, False, "loopback"),
+    ]
+
+
+MINIMAL_APP = """
+import os
+from fastapi import FastAPI, Response
+from redis.asyncio import Redis
+
+app = FastAPI()
+redis = Redis.from_url(os.environ["REDIS_URL"])
+KEY = os.environ["BENCH_KEY"]
+
+
+@app.get("/personas/{persona_id}")
+async def persona(persona_id: str) -> Response:
+    return Response(await redis.get(KEY + persona_id), media_type="application/json")
+"""
+
+
+def wrk(url: str, seconds: int) -> tuple[float, float]:
+    """Requests/s and p99 in ms of `url`, 1 thread, 16 connections."""
+    output = subprocess.run(
+        ["wrk", "-t1", "-c16", f"-d{seconds}s", "--latency", url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+    value, unit = re.search(r"99%\s+([\d.]+)(us|ms|s)", output).groups()  # type: ignore[union-attr]
+    p99 = float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+    return rps, p99
+
+
+def query(project: Path, settings: Any, seconds: int, rounds: int) -> list[Figure]:
+    if shutil.which("wrk") is None:
+        raise SystemExit("error: wrk is needed for the query benchmark: apt-get install wrk")
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(project / "src"),
+        "KAFKA_BOOTSTRAP_SERVERS": KAFKA,
+        "REDIS_URL": REDIS,
+        "TOPIC_PREFIX": settings.topic_prefix,
+        "REDIS_KEY_PREFIX": settings.redis_key_prefix,
+        "UPSTREAM_TOPICS": ",".join(settings.upstream_topics),
+        "LOG_LEVEL": "WARNING",
+        "BENCH_KEY": "{" + settings.redis_key_prefix + "}:v1:e:personas:",
+    }
+    (project / "minimal_app.py").write_text(MINIMAL_APP)
+    service_port, minimal_port = free_port(), free_port()
+    servers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "personabff", "serve", "--port", str(service_port)],
+            env=env,
+            cwd=project,
+        ),
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "minimal_app:app",
+                "--port",
+                str(minimal_port),
+                "--log-level",
+                "warning",
+            ],
+            env=env,
+            cwd=project,
+        ),
+    ]
+    try:
+        for port in (service_port, minimal_port):
+            wait_http(f"http://127.0.0.1:{port}/personas/p42")
+        results: dict[str, list[tuple[float, float]]] = {"service": [], "minimal": []}
+        for n in range(rounds):  # interleaved, so both see the same machine
+            say(f"query: round {n + 1} of {rounds}, {seconds}s each")
+            results["service"].append(wrk(f"http://127.0.0.1:{service_port}/personas/p42", seconds))
+            results["minimal"].append(wrk(f"http://127.0.0.1:{minimal_port}/personas/p42", seconds))
+    finally:
+        for server in servers:
+            server.terminate()
+            server.wait(timeout=60)
+    service_rps = statistics.median(r for r, _ in results["service"])
+    minimal_rps = statistics.median(r for r, _ in results["minimal"])
+    service_p99 = statistics.median(p for _, p in results["service"])
+    minimal_p99 = statistics.median(p for _, p in results["minimal"])
+    return [
+        Figure(
+            "query throughput",
+            service_rps,
+            minimal_rps,
+            "req/s",
+            service_rps / minimal_rps,
+            0.9,
+            True,
+            "wrk -c16",
+        ),
+        Figure(
+            "query p99",
+            service_p99,
+            minimal_p99,
+            "ms",
+            service_p99 / minimal_p99,
+            1.5,
+            False,
+            "wrk -c16",
+        ),
+    ]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_http(url: str, within: float = 60) -> None:
+    import httpx
+
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"error: {url} never answered 200")
+
+
+# ------------------------------------------------------------------------------------ reporting
+def report(figures: list[Figure], mode: str) -> str:
+    lines = [
+        f"Measured {time.strftime('%Y-%m-%d')} in {mode} mode on {os.cpu_count()} cores, real Kafka and Redis on loopback.",
+        "",
+        "| figure | service | baseline | ratio | target | met |",
+        "|---|---|---|---|---|---|",
+    ]
+    for f in figures:
+        baseline = "-" if f.baseline is None else f"{f.baseline:,.1f} {f.unit}"
+        ratio = f"{f.ratio:.2f}" if f.baseline is not None else f"{f.ratio:.1f} {f.unit}"
+        target = ("≥ " if f.higher_is_better else "≤ ") + (
+            f"{f.target:g}x" if f.baseline is not None else f"{f.target:g} {f.unit}"
+        )
+        lines.append(
+            f"| {f.name} | {f.service:,.1f} {f.unit} | {baseline} | {ratio} | {target} | {'yes' if f.met else '**no**'} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(figures: list[Figure]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [f.name for f in figures]
+    # How far each figure is from its target, as a multiple of it: > 1 means met.
+    scores = [f.ratio / f.target if f.higher_is_better else f.target / f.ratio for f in figures]
+    fig, ax = plt.subplots(figsize=(8, 0.5 * len(figures) + 1.2))
+    colours = ["#2e7d32" if s >= 1 else "#c62828" for s in scores]
+    ax.barh(names, scores, color=colours)
+    ax.axvline(1.0, color="black", linestyle="--", linewidth=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("share of target reached (log scale; ≥ 1 is met)")
+    ax.invert_yaxis()
+    for y, score in enumerate(scores):
+        ax.text(score, y, f" {score:.2f}", va="center", fontsize=8)
+    fig.tight_layout()
+    PLOT.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(PLOT, dpi=110)
+
+
+def write_page(table: str) -> None:
+    text = PAGE.read_text()
+    start, end = "<!-- results:start -->", "<!-- results:end -->"
+    before, _, rest = text.partition(start)
+    _, _, after = rest.partition(end)
+    PAGE.write_text(f"{before}{start}\n{table}\n\n![Benchmarks](img/benchmarks.png)\n{end}{after}")
+
+
+async def measure(project: Path, quick: bool) -> list[Figure]:
+    run = f"bench{uuid.uuid4().hex[:8]}"
+    count = 50_000 if quick else 200_000
+    figures, settings = await projection(run, count, naive_count=5_000 if quick else 20_000)
+    figures.append(await memory(settings))
+    figures.append(await bootstrap(settings))
+    figures += await saga(f"{run}saga", 100 if quick else 500)
+    figures += await asyncio.to_thread(
+        query, project, settings, 5 if quick else 15, 2 if quick else 3
+    )
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller runs: a few minutes")
+    args = parser.parse_args()
+    mode = "quick" if args.quick else "full"
+    with generated_service() as project:
+        importlib.invalidate_caches()
+        figures = asyncio.run(measure(project, args.quick))
+    table = report(figures, mode)
+    print(table)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(
+        json.dumps(
+            {"mode": mode, "figures": [asdict(f) | {"met": f.met} for f in figures]}, indent=2
+        )
+    )
+    plot(figures)
+    write_page(table)
+    say(f"wrote {RESULTS.relative_to(ROOT)}, {PLOT.relative_to(ROOT)} and {PAGE.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
