@@ -230,23 +230,23 @@ class ReadModel:
         while True:
             async with self.redis.pipeline(transaction=True) as pipe:
                 try:
-                    await pipe.watch(*guards, *position_keys, *entity_keys)
+                    watched = [*guards, *position_keys, *entity_keys]
+                    await pipe.watch(*watched)
+                    values = cast(list[bytes | None], await pipe.mget(watched))  # one round trip
                     if self.live:
-                        version, frozen = await pipe.mget(guards)
+                        version, frozen = values[:2]
                         if frozen is not None:  # a snapshot export is reading: wait for it
                             await pipe.reset()  # type: ignore[no-untyped-call]
                             await asyncio.sleep(0.1)
                             continue
                         if version is not None and int(version) != self.version:
                             return False  # a rebuild swapped versions: the caller re-seeks
-                    stored = cast(list[bytes | None], await pipe.mget(position_keys))
+                    stored = values[len(guards) : len(guards) + len(tps)]
                     if [None if v is None else int(v) for v in stored] != [
                         expected[tp] for tp in tps
                     ]:
                         return False
-                    current: list[bytes | None] = []
-                    if entity_keys:
-                        current = cast(list[bytes | None], await pipe.mget(entity_keys))
+                    current = values[len(guards) + len(tps) :]
                     writes = await fold(current)
                     pipe.multi()  # type: ignore[no-untyped-call]
                     self._queue(pipe, writes)

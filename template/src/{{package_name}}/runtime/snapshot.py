@@ -262,18 +262,18 @@ async def _seek_to_stored(
     readmodel: ReadModel, consumer: AIOKafkaConsumer, tps: list[TopicPartition]
 ) -> dict[TopicPartition, int | None]:
     stored = await readmodel.positions(tps)
+    begin = await consumer.beginning_offsets(tps)
     for tp, offset in stored.items():
-        if offset is None:
-            await consumer.seek_to_beginning(tp)
-        else:
-            consumer.seek(tp, offset)
+        # Explicit offsets: seek_to_beginning races with the consumer's own auto_offset_reset.
+        consumer.seek(tp, begin[tp] if offset is None else offset)
     return stored
 
 
 async def _last_complete_export(
     consumer: AIOKafkaConsumer, tps: list[TopicPartition], end: Mapping[TopicPartition, int]
 ) -> str | None:
-    await consumer.seek_to_beginning(*tps)
+    for tp, offset in (await consumer.beginning_offsets(tps)).items():
+        consumer.seek(tp, offset)
     ends: list[tuple[str, str]] = []
     while not await _reached(consumer, end):
         batches = await consumer.getmany(timeout_ms=1000, max_records=5000)
