@@ -6,30 +6,19 @@ other ports), so stopping that broker disturbs no other test.
 
 import asyncio
 import os
-import signal
-import socket
 import subprocess
-import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
 from .helpers import ROOT, render
+from .served import Served, free_port, until
 
 pytestmark = pytest.mark.services
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture
@@ -37,8 +26,8 @@ def own_kafka(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
     """A broker for this test alone; yields its address and the environment of scripts/kafka.sh."""
     env = {
         **os.environ,
-        "KAFKA_PORT": str(_free_port()),
-        "KAFKA_CONTROLLER_PORT": str(_free_port()),
+        "KAFKA_PORT": str(free_port()),
+        "KAFKA_CONTROLLER_PORT": str(free_port()),
         "BFF_RUN_DIR": str(tmp_path / "run"),
     }
     subprocess.run([ROOT / "scripts/kafka.sh", "start"], env=env, check=True, timeout=180)
@@ -48,22 +37,6 @@ def own_kafka(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
         subprocess.run([ROOT / "scripts/kafka.sh", "clean"], env=env, check=True, timeout=120)
 
 
-def _get(port: int, path: str) -> httpx.Response:
-    return httpx.get(f"http://127.0.0.1:{port}{path}", timeout=5)
-
-
-def _wait_for(check: Callable[[], bool], within: float) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    pytest.fail(f"not true within {within}s")
-
-
 def test_queries_answer_from_redis_with_kafka_stopped(
     tmp_path: Path, own_kafka: tuple[str, dict[str, str]], services_env: dict[str, str]
 ) -> None:
@@ -71,12 +44,9 @@ def test_queries_answer_from_redis_with_kafka_stopped(
     project = render(tmp_path / "personabff")
     run = f"outage{uuid.uuid4().hex[:8]}"
     upstream = f"{run}.arcadia.identity.personaservice.events"
-    port = _free_port()
     env = {
-        **os.environ,
-        "PYTHONPATH": str(project / "src"),
+        **services_env,
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-        "REDIS_URL": services_env["REDIS_URL"],
         "TOPIC_PREFIX": f"{run}.arcadia.identity.personabff",
         "REDIS_KEY_PREFIX": run,
         "UPSTREAM_TOPICS": upstream,
@@ -95,28 +65,16 @@ def test_queries_answer_from_redis_with_kafka_stopped(
             await producer.stop()
 
     asyncio.run(publish())
-    server = subprocess.Popen(
-        [sys.executable, "-m", "personabff", "serve", "--port", str(port)],
-        cwd=project,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    server = Served(project, "personabff", env)
     try:
-        _wait_for(lambda: _get(port, "/personas/p19").status_code == 200, within=60)
+        until(lambda: server.get("/personas/p19").status_code == 200)
         subprocess.run([ROOT / "scripts/kafka.sh", "stop"], env=kafka_env, check=True)
 
-        answers = [_get(port, f"/personas/p{n % 20}") for n in range(200)]
+        answers = [server.get(f"/personas/p{n % 20}") for n in range(200)]
         assert [response.status_code for response in answers] == [200] * 200
         assert answers[7].json() == {"persona_id": "p7", "name": "name 7", "email": "7@x.io"}
-        listing = _get(port, "/personas?limit=500").json()
-        assert len(listing["items"]) == 20
-        assert _get(port, "/health/live").status_code == 200
-        assert _get(port, "/personas/nobody").status_code == 404
+        assert len(server.get("/personas?limit=500").json()["items"]) == 20
+        assert server.get("/health/live").status_code == 200
+        assert server.get("/personas/nobody").status_code == 404
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        server.stop()

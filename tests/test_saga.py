@@ -6,74 +6,18 @@
 """
 
 import asyncio
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
 from .helpers import assert_ok, render, run
+from .served import Served, until
 
 pytestmark = pytest.mark.services
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _until(check: Callable[[], bool], within: float = 60) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    pytest.fail(f"not true within {within}s")
-
-
-class Served:
-    """`python -m <package> serve` of a rendered project, on a free port."""
-
-    def __init__(self, project: Path, package: str, env: dict[str, str]) -> None:
-        self.port = _free_port()
-        self.log = project / "serve.log"
-        with self.log.open("w") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", package, "serve", "--port", str(self.port)],
-                cwd=project,
-                env={**os.environ, "PYTHONPATH": str(project / "src"), **env},
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        _until(lambda: self.get("/health/ready").status_code == 200)
-
-    def get(self, path: str) -> httpx.Response:
-        return httpx.get(f"http://127.0.0.1:{self.port}{path}", timeout=30)
-
-    def post(self, path: str, body: object) -> httpx.Response:
-        return httpx.post(f"http://127.0.0.1:{self.port}{path}", json=body, timeout=30)
-
-    def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
 
 
 @pytest.fixture
@@ -132,7 +76,7 @@ def test_rename_command_round_trip_between_two_generated_services(
     services: tuple[Served, Served],
 ) -> None:
     bff, _ = services
-    _until(lambda: bff.get("/personas/p1").status_code == 200)
+    until(lambda: bff.get("/personas/p1").status_code == 200)
 
     accepted = bff.post("/personas/p1/rename", {"name": "Anna"})
     assert accepted.status_code == 202
@@ -144,8 +88,8 @@ def test_rename_command_round_trip_between_two_generated_services(
     assert waited.json()["status"] == "succeeded"
     assert waited.json()["result"] == {"persona_id": "p1", "name": "Annabel"}
 
-    _until(lambda: bff.get(f"/commands/{command_id}").json()["status"] == "succeeded")
-    _until(lambda: bff.get("/personas/p1").json()["name"] == "Annabel")
+    until(lambda: bff.get(f"/commands/{command_id}").json()["status"] == "succeeded")
+    until(lambda: bff.get("/personas/p1").json()["name"] == "Annabel")
 
     refused = bff.post("/personas/nobody/rename?wait=20", {"name": "X"})
     assert refused.status_code == 200

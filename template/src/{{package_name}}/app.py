@@ -10,7 +10,7 @@ from redis.exceptions import RedisError
 from . import api
 from .handlers import HANDLERS
 from .projections import REGISTRY
-from .runtime import health, service, status
+from .runtime import health, metrics, service, status
 from .runtime.handling import Handlers
 from .runtime.projection import Registry
 from .settings import Settings
@@ -28,12 +28,14 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with service.running(settings, registry, handlers) as running:
             app.state.service = running
+            app.state.metrics = metrics.registry_for(running)
             yield
 
     app = FastAPI(title=settings.service_name, lifespan=lifespan)
     app.add_exception_handler(RedisError, _read_model_unavailable)
     app.include_router(health.router)
     app.include_router(status.router)
+    app.include_router(metrics.router)
     for router in api.ROUTERS:
         app.include_router(router)
     return app

@@ -1,0 +1,63 @@
+"""A rendered project's service, run as a real process: `python -m <package> serve`."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def until(check: Callable[[], bool], within: float = 60) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    pytest.fail(f"not true within {within}s")
+
+
+class Served:
+    """`python -m <package> serve` of a rendered project, on a free port."""
+
+    def __init__(self, project: Path, package: str, env: dict[str, str]) -> None:
+        self.port = free_port()
+        self.log = project / "serve.log"
+        with self.log.open("w") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", package, "serve", "--port", str(self.port)],
+                cwd=project,
+                env={**os.environ, "PYTHONPATH": str(project / "src"), **env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        until(lambda: self.get("/health/ready").status_code == 200)
+
+    def get(self, path: str) -> httpx.Response:
+        return httpx.get(f"http://127.0.0.1:{self.port}{path}", timeout=30)
+
+    def post(self, path: str, body: object) -> httpx.Response:
+        return httpx.post(f"http://127.0.0.1:{self.port}{path}", json=body, timeout=30)
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
