@@ -127,8 +127,8 @@ def test_update_keeps_user_code_and_brings_template_changes(
         )
         _replace(
             t / TEMPLATE_PKG / "app.py",
-            "health, service, status",
-            "command_status, health, service",
+            "health, metrics, service, status",
+            "command_status, health, metrics, service",
         )
         _replace(t / TEMPLATE_PKG / "app.py", "(status.router)", "(command_status.router)")
         # Templates of files the user owns change too: the user's copies must not.
