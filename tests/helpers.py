@@ -78,3 +78,14 @@ def snapshot_template(dest: Path, tag: str = "v99.0.0") -> Path:
     git(dest, "commit", "-q", "-m", "snapshot")
     git(dest, "tag", tag)
     return dest
+
+
+def forget_keys(redis_url: str, *prefixes: str) -> None:
+    """Delete a test's Redis keys (hash-tagged `{prefix...}`), so the shared Redis stays small."""
+    from redis import Redis
+
+    with Redis.from_url(redis_url) as redis:
+        for prefix in prefixes:
+            keys = list(redis.scan_iter(match="{" + prefix + "*", count=1000))
+            for start in range(0, len(keys), 1000):
+                redis.unlink(*keys[start : start + 1000])

@@ -15,7 +15,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from .helpers import ROOT, render
+from .helpers import ROOT, forget_keys, render
 from .served import Served, free_port, until
 
 pytestmark = pytest.mark.services
@@ -78,3 +78,4 @@ def test_queries_answer_from_redis_with_kafka_stopped(
         assert server.get("/personas/nobody").status_code == 404
     finally:
         server.stop()
+        forget_keys(services_env["REDIS_URL"], run)

@@ -14,7 +14,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from .helpers import assert_ok, render, run
+from .helpers import assert_ok, forget_keys, render, run
 from .served import Served, until
 
 pytestmark = pytest.mark.services
@@ -70,6 +70,7 @@ def services(tmp_path: Path, services_env: dict[str, str]) -> Iterator[tuple[Ser
             front.stop()
     finally:
         worker.stop()
+        forget_keys(services_env["REDIS_URL"], run_id)
 
 
 def test_rename_command_round_trip_between_two_generated_services(
