@@ -1,7 +1,7 @@
 """Kafka clients built from settings, and a bounded wait for the broker at start-up."""
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import suppress
 from typing import Protocol
 
@@ -85,6 +85,29 @@ async def partitions_of(settings: ServiceSettings, topic: str) -> list[TopicPart
     if described["error_code"] or not described["partitions"]:
         raise StartupError(f"topic {topic} does not exist")
     return sorted(TopicPartition(topic, p["partition"]) for p in described["partitions"])
+
+
+async def seek(consumer: AIOKafkaConsumer, positions: Mapping[TopicPartition, int | None]) -> None:
+    """Move each partition to its offset, or to its beginning where it has none.
+
+    Explicit offsets: `seek_to_beginning` races with a consumer's own `auto_offset_reset`.
+    """
+    missing = [tp for tp, offset in positions.items() if offset is None]
+    begin = await consumer.beginning_offsets(missing) if missing else {}
+    for tp, offset in positions.items():
+        consumer.seek(tp, begin[tp] if offset is None else offset)
+
+
+async def reached(consumer: AIOKafkaConsumer, end: Mapping[TopicPartition, int]) -> bool:
+    """Whether the consumer is at or past `end` everywhere.
+
+    Its position, not the last record's offset + 1: that also steps over transaction markers and
+    records that retention has already removed.
+    """
+    for tp, offset in end.items():
+        if await consumer.position(tp) < offset:
+            return False
+    return True
 
 
 def own_topics(settings: ServiceSettings) -> list[str]:

@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 
-from .kafka import Record
+from .kafka import Record, seek
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +44,4 @@ async def consume_each(
 
 
 async def _rewind(consumer: AIOKafkaConsumer, tp: TopicPartition) -> None:
-    committed = await consumer.committed(tp)
-    if committed is None:
-        await consumer.seek_to_beginning(tp)
-    else:
-        consumer.seek(tp, committed)
+    await seek(consumer, {tp: await consumer.committed(tp)})

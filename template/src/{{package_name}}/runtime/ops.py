@@ -23,7 +23,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from . import snapshot
 from .deadletter import reason_of
 from .errors import StartupError
-from .kafka import new_consumer, new_producer, partitions_of, start_client
+from .kafka import new_consumer, new_producer, partitions_of, reached, seek, start_client
 from .projection import Registry
 from .projector import Projector
 from .readmodel import ReadModel
@@ -67,13 +67,10 @@ async def dead_letters(settings: ServiceSettings, *, limit: int) -> list[dict[st
     """Up to `limit` dead letters, oldest first, each with its reason."""
     async with clients(settings) as c:
         tps = await _assign_all(c.consumer, settings, settings.dlq_topic)
-        await c.consumer.seek_to_beginning(*tps)
+        await seek(c.consumer, dict.fromkeys(tps))
         end: dict[TopicPartition, int] = await c.consumer.end_offsets(tps)
         letters: list[dict[str, Any]] = []
-        while len(letters) < limit:
-            positions = [await c.consumer.position(tp) for tp in tps]
-            if all(position >= end[tp] for tp, position in zip(tps, positions, strict=True)):
-                break
+        while len(letters) < limit and not await reached(c.consumer, end):
             batches = await c.consumer.getmany(timeout_ms=1000, max_records=limit - len(letters))
             for records in batches.values():
                 letters.extend(_describe(record) for record in records)

@@ -19,7 +19,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 from . import deadletter
 from .deadletter import DeadLetter
 from .events import InvalidEventError, decode
-from .kafka import Record
+from .kafka import Record, reached, seek
 from .projection import Change, Registry
 from .readmodel import EntityRef, ReadModel, Writes, writes_for
 
@@ -44,7 +44,7 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
         mirror_to_kafka: bool = True,
         replay: bool = False,
     ) -> None:
-        self.consumer = self._consumer = consumer
+        self.consumer = consumer
         self._producer = producer
         self._readmodel = readmodel
         self._registry = registry
@@ -88,12 +88,8 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
                 if self._readmodel.live and await self._readmodel.refresh():
                     log.info("read model swapped to version %d", self._readmodel.version)
                 stored = await self._readmodel.positions(tps)
-        for tp, offset in stored.items():
-            self._positions[tp] = offset
-            if offset is None:
-                await self._consumer.seek_to_beginning(tp)
-            else:
-                self._consumer.seek(tp, offset)
+        self._positions.update(stored)
+        await seek(self.consumer, stored)
 
     # ------------------------------------------------------------------ main loop
     def stop(self) -> None:
@@ -115,7 +111,7 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
                     progress(done, sum(until.values()) - start)
                 if await self._reached(until):
                     return
-            batches = await self._consumer.getmany(
+            batches = await self.consumer.getmany(
                 timeout_ms=self._poll_timeout_ms, max_records=self._max_batch
             )
             if not batches:
@@ -138,7 +134,7 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
         """Records behind the broker's high watermark, per assigned partition (None: unknown)."""
         lags: dict[str, int | None] = {}
         for tp, position in self._positions.items():
-            highwater = self._consumer.highwater(tp)
+            highwater = self.consumer.highwater(tp)
             lags[f"{tp.topic}[{tp.partition}]"] = (
                 None if highwater is None else max(0, highwater - (position or 0))
             )
@@ -154,12 +150,7 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
             log.debug("version check failed: %r", exc)
 
     async def _reached(self, until: Mapping[TopicPartition, int]) -> bool:
-        # The consumer's position, not the last record's offset + 1: it also steps over
-        # transaction markers and records that retention has already removed.
-        for tp, end in until.items():
-            if tp not in self._positions or await self._consumer.position(tp) < end:
-                return False
-        return True
+        return self._positions.keys() >= until.keys() and await reached(self.consumer, until)
 
     async def _apply(
         self, batches: dict[TopicPartition, list[Record]]
@@ -251,7 +242,7 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
         if not new or not self._mirror_to_kafka:
             return
         try:
-            await self._consumer.commit(new)
+            await self.consumer.commit(new)
         except KafkaError as exc:
             log.debug("offset commit for monitoring failed: %r", exc)
 

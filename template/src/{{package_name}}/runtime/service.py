@@ -7,7 +7,7 @@ from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -33,7 +33,6 @@ VERSION_POLL_S = 0.5
 class Service:
     settings: ServiceSettings
     readmodel: ReadModel  # what queries read: follows the version pointer
-    producer: AIOKafkaProducer
     commands: CommandBus
     bootstrap: Progress = field(default_factory=lambda: Progress("bootstrap"))
     projector: Projector | None = None
@@ -113,7 +112,7 @@ async def running(
             timeout_s=settings.command_timeout_s,
             retention_s=settings.command_retention_s,
         )
-        service = Service(settings, readmodel, producer, bus)
+        service = Service(settings, readmodel, bus)
         stopping = asyncio.Event()
 
         async def subscribed(consumer: AIOKafkaConsumer, topics: list[str]) -> AIOKafkaConsumer:

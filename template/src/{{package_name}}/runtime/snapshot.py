@@ -30,7 +30,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
-from .kafka import Record, partitions_of, start_client
+from .kafka import Record, partitions_of, reached, seek, start_client
 from .projection import Collection
 from .readmodel import EntityRef, ReadModel, Writes, writes_for
 from .settings import ServiceSettings
@@ -204,7 +204,7 @@ async def load(
     total = sum(end[tp] - max(begin[tp], stored[tp] or 0) for tp in tps)
     done = entities = positions = 0
     last_report = time.monotonic()
-    while not await _reached(consumer, end):
+    while not await reached(consumer, end):
         batches = await consumer.getmany(timeout_ms=1000, max_records=2000)
         states: dict[EntityRef, Any] = {}
         upstream: dict[TopicPartition, int] = {}
@@ -235,7 +235,7 @@ async def load(
             stored.update(new)
         else:  # another instance is loading the same snapshot: carry on from where it got
             stored = await _seek_to_stored(readmodel, consumer, tps)
-        if progress and (time.monotonic() - last_report > 0.5 or await _reached(consumer, end)):
+        if progress and (time.monotonic() - last_report > 0.5 or await reached(consumer, end)):
             progress(done, total)
             last_report = time.monotonic()
     if progress:
@@ -262,20 +262,16 @@ async def _seek_to_stored(
     readmodel: ReadModel, consumer: AIOKafkaConsumer, tps: list[TopicPartition]
 ) -> dict[TopicPartition, int | None]:
     stored = await readmodel.positions(tps)
-    begin = await consumer.beginning_offsets(tps)
-    for tp, offset in stored.items():
-        # Explicit offsets: seek_to_beginning races with the consumer's own auto_offset_reset.
-        consumer.seek(tp, begin[tp] if offset is None else offset)
+    await seek(consumer, stored)
     return stored
 
 
 async def _last_complete_export(
     consumer: AIOKafkaConsumer, tps: list[TopicPartition], end: Mapping[TopicPartition, int]
 ) -> str | None:
-    for tp, offset in (await consumer.beginning_offsets(tps)).items():
-        consumer.seek(tp, offset)
+    await seek(consumer, dict.fromkeys(tps))
     ends: list[tuple[str, str]] = []
-    while not await _reached(consumer, end):
+    while not await reached(consumer, end):
         batches = await consumer.getmany(timeout_ms=1000, max_records=5000)
         for records in batches.values():
             for record in records:
@@ -284,10 +280,3 @@ async def _last_complete_export(
                     summary = orjson.loads(record.value)
                     ends.append((summary["exported_at"], headers[EXPORT]))
     return max(ends)[1] if ends else None
-
-
-async def _reached(consumer: AIOKafkaConsumer, end: Mapping[TopicPartition, int]) -> bool:
-    for tp, offset in end.items():
-        if await consumer.position(tp) < offset:
-            return False
-    return True
