@@ -38,6 +38,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from copier import run_copy
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -169,6 +170,7 @@ async def projection(run: str, count: int, naive_count: int) -> tuple[list[Figur
     from personabff.runtime.kafka import create_topics, own_topics
     from personabff.runtime.projector import Projector
     from personabff.runtime.readmodel import ReadModel
+    from personabff.runtime.redis import redis_client
 
     settings = settings_for(run)
     [topic] = settings.upstream_topics
@@ -198,6 +200,8 @@ async def projection(run: str, count: int, naive_count: int) -> tuple[list[Figur
         await consumer.stop()
 
     say("projection: the service's projector")
+    await redis.aclose()
+    redis = redis_client(REDIS)  # the service's client
     readmodel = ReadModel(redis, settings.redis_key_prefix)
     await readmodel.initialise()
     consumer, tps = await assigned_consumer(topic, isolation_level="read_committed")
@@ -238,22 +242,21 @@ async def projection(run: str, count: int, naive_count: int) -> tuple[list[Figur
 
 
 async def memory(settings: Any) -> Figure:
-    """Every key the read model holds for its personas (entity, index, lookup) per entity."""
+    """Every key the read model holds for its personas (entities and lookups) per entity."""
+    from personabff.runtime.readmodel import ReadModel
+
     redis = Redis.from_url(REDIS)
     try:
-        tag = "{" + settings.redis_key_prefix + "}"
-        total = entities = json_bytes = 0
-        keys = [key async for key in redis.scan_iter(match=f"{tag}:v1:*", count=1000)]
+        readmodel = ReadModel(redis, settings.redis_key_prefix)
+        keys = [key async for key in redis.scan_iter(match=readmodel.versioned("*"), count=1000)]
         async with redis.pipeline(transaction=False) as pipe:
             for key in keys:
                 pipe.memory_usage(key, samples=0)
             usages = await pipe.execute()
-        for key, usage in zip(keys, usages, strict=True):
-            total += usage or 0
-            if b":e:personas:" in key:
-                entities += 1
-        values = await redis.mget([k for k in keys if b":e:personas:" in k][:5000])
-        json_bytes = statistics.mean(len(v) for v in values if v)
+        total = sum(usage or 0 for usage in usages)
+        entities = await readmodel.count("personas")
+        page, _ = await readmodel.page("personas", after=None, limit=5000)
+        json_bytes = statistics.mean(len(value) for value in page)
     finally:
         await redis.aclose()
     per_entity = total / entities
@@ -342,6 +345,7 @@ async def saga(run: str, count: int) -> list[Figure]:
 MINIMAL_APP = """
 import os
 from fastapi import FastAPI, Response
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
 app = FastAPI()
@@ -381,9 +385,13 @@ def query(project: Path, settings: Any, seconds: int, rounds: int) -> list[Figur
         "REDIS_KEY_PREFIX": settings.redis_key_prefix,
         "UPSTREAM_TOPICS": ",".join(settings.upstream_topics),
         "LOG_LEVEL": "WARNING",
-        "BENCH_KEY": "{" + settings.redis_key_prefix + "}:v1:e:personas:",
+        "BENCH_KEY": f"{settings.redis_key_prefix}:bench:",
     }
     (project / "minimal_app.py").write_text(MINIMAL_APP)
+    # The baseline GETs a plain key holding the same JSON the service serves.
+    with SyncRedis.from_url(REDIS) as redis:
+        persona = asyncio.run(_persona(settings, "p42"))
+        redis.set(f"{env['BENCH_KEY']}p42", persona)
     service_port, minimal_port = free_port(), free_port()
     servers = [
         subprocess.Popen(
@@ -444,6 +452,15 @@ def query(project: Path, settings: Any, seconds: int, rounds: int) -> list[Figur
             "wrk -c16",
         ),
     ]
+
+
+async def _persona(settings: Any, persona_id: str) -> bytes:
+    from personabff.runtime.readmodel import ReadModel
+
+    async with Redis.from_url(REDIS) as redis:
+        raw = await ReadModel(redis, settings.redis_key_prefix).get("personas", persona_id)
+    assert raw is not None, persona_id
+    return raw
 
 
 def free_port() -> int:
@@ -522,14 +539,20 @@ def write_page(table: str) -> None:
 async def measure(project: Path, quick: bool) -> list[Figure]:
     run = f"bench{uuid.uuid4().hex[:8]}"
     count = 50_000 if quick else 200_000
-    figures, settings = await projection(run, count, naive_count=5_000 if quick else 20_000)
-    figures.append(await memory(settings))
-    figures.append(await bootstrap(settings))
-    figures += await saga(f"{run}saga", 100 if quick else 500)
-    figures += await asyncio.to_thread(
-        query, project, settings, 5 if quick else 15, 2 if quick else 3
-    )
-    return figures
+    try:
+        figures, settings = await projection(run, count, naive_count=5_000 if quick else 20_000)
+        figures.append(await memory(settings))
+        figures.append(await bootstrap(settings))
+        figures += await saga(f"{run}saga", 100 if quick else 500)
+        figures += await asyncio.to_thread(
+            query, project, settings, 5 if quick else 15, 2 if quick else 3
+        )
+        return figures
+    finally:
+        async with Redis.from_url(REDIS) as redis:
+            keys = [key async for key in redis.scan_iter(match=f"*{run}*", count=1000)]
+            for start in range(0, len(keys), 1000):
+                await redis.unlink(*keys[start : start + 1000])
 
 
 def main() -> None:

@@ -5,7 +5,9 @@
 #   scripts/redis.sh start|stop|status|restart|clean
 #
 # Data dir, log and pid file live in ${BFF_RUN_DIR:-~/.cache/bff-template/run}/redis.
-# Nothing is persisted (--save "" --appendonly no). Installs redis-server with apt if missing.
+# Nothing is persisted (--save "" --appendonly no). Hashes of up to 512 entries of up to 1 KiB stay
+# compact listpacks (the read model's buckets: runtime/readmodel.py). Installs redis-server with apt
+# if missing.
 # Env: REDIS_PORT (36379).
 set -euo pipefail
 
@@ -49,7 +51,8 @@ start() {
   mkdir -p "$run/data"
   redis-server --bind 127.0.0.1 --port "$port" --daemonize yes \
     --pidfile "$pidfile" --dir "$run/data" --logfile "$run/redis.log" \
-    --save "" --appendonly no >&2
+    --save "" --appendonly no \
+    --hash-max-listpack-entries 512 --hash-max-listpack-value 1024 >&2
   if ! wait_for 10 answering; then
     log "redis: not answering on 127.0.0.1:$port after 10s; last lines of $run/redis.log:"
     tail -n 20 "$run/redis.log" >&2 || true

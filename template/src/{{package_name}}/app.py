@@ -13,6 +13,7 @@ from .projections import REGISTRY
 from .runtime import health, metrics, service, status
 from .runtime.handling import Handlers
 from .runtime.projection import Registry
+from .runtime.readmodel import InvalidCursorError
 from .settings import Settings
 
 
@@ -33,6 +34,7 @@ def create_app(
 
     app = FastAPI(title=settings.service_name, lifespan=lifespan)
     app.add_exception_handler(RedisError, _read_model_unavailable)
+    app.add_exception_handler(InvalidCursorError, _bad_cursor)
     app.include_router(health.router)
     app.include_router(status.router)
     app.include_router(metrics.router)
@@ -44,3 +46,7 @@ def create_app(
 async def _read_model_unavailable(request: Request, exc: Exception) -> JSONResponse:
     """Redis is the only source of answers: without it, say so rather than fail obscurely."""
     return JSONResponse({"detail": f"read model unavailable: {exc}"}, status_code=503)
+
+
+async def _bad_cursor(request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=400)

@@ -1,27 +1,35 @@
-"""The Redis read model: entities, their list indexes and the consumer positions that produced them.
+"""The Redis read model: entities, their lookups and the consumer positions that produced them.
 
 Key layout (all keys share the hash tag `{<prefix>}`, so one MULTI/EXEC may touch any of them, also
 on Redis Cluster, where they all live in one slot):
 
-    {<prefix>}:version                        the version queries read (a rebuild swaps it)
-    {<prefix>}:freeze                         present while a snapshot export reads the model
-    {<prefix>}:v<n>:e:<collection>:<key>      entity JSON
-    {<prefix>}:v<n>:ix:<collection>           the collection's keys (sorted set, lexical order)
-    {<prefix>}:v<n>:lk:<collection>:<lookup>:<value>   keys of the entities with that value (set)
-    {<prefix>}:v<n>:pos:<topic>:<partition>   next offset to apply from that partition
-    {<prefix>}:v<n>:bootstrap                 first-start state of the version (bootstrap.py)
+    {<prefix>}:version                          the version queries read (a rebuild swaps it)
+    {<prefix>}:freeze                           present while a snapshot export reads the model
+    {<prefix>}:v<n>:e:<collection>:<bucket>     hash: entity key -> entity JSON
+    {<prefix>}:v<n>:lk:<collection>:<lookup>:<bucket>   hash: value -> JSON list of entity keys
+    {<prefix>}:v<n>:pos:<topic>:<partition>     next offset to apply from that partition
+    {<prefix>}:v<n>:bootstrap                   first-start state of the version (service.py)
+
+Entities live in BUCKETS hashes per collection (bucket = crc32(key) % BUCKETS), not a key each: a
+small hash is stored as one compact listpack, where a key per entity costs ~100 bytes of overhead on
+top of its JSON. Listing walks the buckets in order, each bucket's keys sorted, so pages come in a
+stable order. For the compact encoding, Redis' `hash-max-listpack-value` must exceed the largest
+entity JSON and `hash-max-listpack-entries` the entities per bucket (scripts/redis.sh and
+compose.yaml set 1024 and 512; without them it is still correct, only larger).
 
 A batch's entity writes and its new positions are committed in one MULTI/EXEC that WATCHes the
-positions it started from, the entities it read and the version pointer: a consumer that lost its
+positions it started from, the buckets it read and the version pointer: a consumer that lost its
 partitions in a rebalance (its positions moved on), or whose version was swapped out by a rebuild,
 aborts instead of writing.
 """
 
 import asyncio
+import zlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+import orjson
 from aiokafka import TopicPartition
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
@@ -30,6 +38,13 @@ from redis.exceptions import WatchError
 from .projection import Collection
 
 EntityRef = tuple[str, str]  # (collection, key)
+
+# Fixed for a layout: 4096 buckets of up to 512 entities keep 2M entities compact.
+BUCKETS = 4096
+
+
+class InvalidCursorError(ValueError):
+    """A page cursor this read model did not hand out."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,16 +65,79 @@ class Writes:
     unlinked: list[Link] = field(default_factory=list)
 
 
-# Adds (+) or removes (-) an entity's key in the lookup sets named by KEYS.
-_LINK = """
+# GETs the first ARGV[1] KEYS, then HGETs each further key's field (ARGV[2], ...).
+_READ = """
+local n = tonumber(ARGV[1])
+local out = {}
 for i, key in ipairs(KEYS) do
-  if ARGV[2 * i - 1] == '+' then
-    redis.call('SADD', key, ARGV[2 * i])
+  if i <= n then
+    out[i] = redis.call('GET', key)
   else
-    redis.call('SREM', key, ARGV[2 * i])
+    out[i] = redis.call('HGET', key, ARGV[i - n + 1])
+  end
+end
+return out
+"""
+
+# Sets (or, given an empty value, deletes) field ARGV[2i-1] of hash KEYS[i] to ARGV[2i].
+_WRITE = """
+for i, key in ipairs(KEYS) do
+  if ARGV[2 * i] == '' then
+    redis.call('HDEL', key, ARGV[2 * i - 1])
+  else
+    redis.call('HSET', key, ARGV[2 * i - 1], ARGV[2 * i])
   end
 end
 """
+
+# Adds (+) or removes (-) entity key ARGV[3i] in the list of value ARGV[3i-1] in lookup hash KEYS[i].
+_LINK = """
+for i, key in ipairs(KEYS) do
+  local op, value, member = ARGV[3 * i - 2], ARGV[3 * i - 1], ARGV[3 * i]
+  local raw = redis.call('HGET', key, value)
+  local kept = {}
+  if raw then
+    for _, other in ipairs(cjson.decode(raw)) do
+      if other ~= member then kept[#kept + 1] = other end
+    end
+  end
+  if op == '+' then kept[#kept + 1] = member end
+  if #kept == 0 then
+    redis.call('HDEL', key, value)
+  else
+    redis.call('HSET', key, value, cjson.encode(kept))
+  end
+end
+"""
+
+# Up to ARGV[3] entries of the buckets KEYS (numbered from ARGV[1]) in (bucket, key) order,
+# skipping keys up to ARGV[2] in the first bucket: a flat list of bucket, key, entity JSON.
+_PAGE = """
+local first, after, limit = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
+local out = {}
+for i, bucket in ipairs(KEYS) do
+  local entries = redis.call('HGETALL', bucket)
+  local keys, values = {}, {}
+  for j = 1, #entries, 2 do
+    if i > 1 or entries[j] > after then
+      keys[#keys + 1] = entries[j]
+      values[entries[j]] = entries[j + 1]
+    end
+  end
+  table.sort(keys)
+  for _, key in ipairs(keys) do
+    if #out >= 3 * limit then return out end
+    out[#out + 1] = first + i - 1
+    out[#out + 1] = key
+    out[#out + 1] = values[key]
+  end
+end
+return out
+"""
+
+
+def bucket_of(key: str) -> int:
+    return zlib.crc32(key.encode()) % BUCKETS
 
 
 def writes_for(
@@ -72,6 +150,8 @@ def writes_for(
     for ref, state in after.items():
         collection = collections[ref[0]]
         writes.states[ref] = None if state is None else collection.dumps(state)
+        if not collection.lookups:
+            continue
         old_state = before.get(ref)
         for lookup, value_of in collection.lookups.items():
             old = None if old_state is None else value_of(old_state)
@@ -119,14 +199,16 @@ class ReadModel:
     def freeze_key(self) -> str:
         return self.key("freeze")
 
-    def entity_key(self, collection: str, key: str) -> str:
-        return f"{self._versioned}e:{collection}:{key}"
+    def bucket_key(self, collection: str, bucket: int) -> str:
+        return f"{self._versioned}e:{collection}:{bucket}"
 
-    def index_key(self, collection: str) -> str:
-        return self.versioned("ix", collection)
+    def entity_slot(self, collection: str, key: str) -> tuple[str, str]:
+        """The hash an entity lives in, and its field there."""
+        return f"{self._versioned}e:{collection}:{bucket_of(key)}", key
 
-    def lookup_key(self, collection: str, lookup: str, value: str) -> str:
-        return self.versioned("lk", collection, lookup, value)
+    def lookup_slot(self, collection: str, lookup: str, value: str) -> tuple[str, str]:
+        """The hash a lookup value lives in, and its field there."""
+        return self.versioned("lk", collection, lookup, str(bucket_of(value))), value
 
     def position_key(self, tp: TopicPartition) -> str:
         return self.versioned("pos", tp.topic, str(tp.partition))
@@ -162,44 +244,64 @@ class ReadModel:
         return deleted
 
     async def get(self, collection: str, key: str) -> bytes | None:
-        return cast(bytes | None, await self.redis.get(self.entity_key(collection, key)))
+        return cast(bytes | None, await self.redis.hget(*self.entity_slot(collection, key)))
 
     async def page(
         self, collection: str, *, after: str | None, limit: int
     ) -> tuple[list[bytes], str | None]:
-        """Entities in key order after the cursor `after`; also the cursor of the next page."""
-        start = "-" if after is None else "(" + after
-        keys = cast(
-            list[bytes],
-            await self.redis.zrangebylex(
-                self.index_key(collection), start, "+", start=0, num=limit + 1
-            ),
-        )
-        more = len(keys) > limit
-        keys = keys[:limit]
-        if not keys:
-            return [], None
-        values = cast(
-            list[bytes | None],
-            await self.redis.mget([self.entity_key(collection, key.decode()) for key in keys]),
-        )
-        # An entity deleted between the two reads is simply not listed.
-        found = [value for value in values if value is not None]
-        return found, keys[-1].decode() if more else None
+        """Up to `limit` entities after the cursor `after`, and the cursor of the next page (None
+        at the end). The order is stable: by bucket, then by key."""
+        bucket, key = (0, "") if after is None else _cursor(after)
+        found: list[tuple[int, bytes, bytes]] = []
+        chunk = 256  # buckets per script call
+        while len(found) <= limit and bucket < BUCKETS:
+            keys = [self.bucket_key(collection, b) for b in range(bucket, bucket + chunk)]
+            flat = cast(
+                list[Any],
+                await self.redis.eval(  # type: ignore[misc]
+                    _PAGE, len(keys[:BUCKETS - bucket]), *keys[:BUCKETS - bucket], bucket, key,
+                    limit + 1 - len(found),
+                ),
+            )
+            found += [(int(flat[i]), flat[i + 1], flat[i + 2]) for i in range(0, len(flat), 3)]
+            bucket, key = bucket + chunk, ""
+        more = len(found) > limit
+        found = found[:limit]
+        if not more or not found:
+            return [value for _, _, value in found], None
+        last_bucket, last_key, _ = found[-1]
+        return [value for _, _, value in found], f"{last_bucket}:{last_key.decode()}"
+
+    async def count(self, collection: str | None = None) -> int:
+        """How many entities `collection` (or every collection) holds."""
+        pattern = f"{self._versioned}e:{collection or '*'}:*"
+        buckets = [key async for key in self.redis.scan_iter(match=pattern, count=1000)]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key in buckets:
+                pipe.hlen(key)
+            return sum(await pipe.execute())
 
     async def lookup(self, collection: str, lookup: str, value: str) -> list[bytes]:
         """Entities of `collection` whose `lookup` has `value`, in key order."""
-        members = cast(
-            set[bytes], await self.redis.smembers(self.lookup_key(collection, lookup, value))
-        )
-        keys = sorted(members)
-        if not keys:
+        raw = await self.redis.hget(*self.lookup_slot(collection, lookup, value))
+        if raw is None:
             return []
-        values = cast(
-            list[bytes | None],
-            await self.redis.mget([self.entity_key(collection, key.decode()) for key in keys]),
-        )
+        slots = [self.entity_slot(collection, key) for key in sorted(orjson.loads(raw))]
+        values = await self._read([], slots)
+        # An entity deleted between the two reads is simply not listed.
         return [value for value in values if value is not None]
+
+    async def _read(
+        self, keys: Sequence[str], slots: Sequence[tuple[str, str]], client: Any = None
+    ) -> list[bytes | None]:
+        """The values of string `keys`, then of the hash `slots`, in one round trip."""
+        fields = [field for _, field in slots]
+        return cast(
+            list[bytes | None],
+            await (client or self.redis).eval(
+                _READ, len(keys) + len(slots), *keys, *(key for key, _ in slots), len(keys), *fields
+            ),
+        )
 
     async def positions(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int | None]:
         if not tps:
@@ -224,15 +326,14 @@ class ReadModel:
         batch read makes it re-read and fold again.
         """
         tps = list(expected)
-        position_keys = [self.position_key(tp) for tp in tps]
-        entity_keys = [self.entity_key(collection, key) for collection, key in entities]
         guards = [self.version_key, self.freeze_key] if self.live else []
+        strings = [*guards, *(self.position_key(tp) for tp in tps)]
+        slots = [self.entity_slot(collection, key) for collection, key in entities]
         while True:
             async with self.redis.pipeline(transaction=True) as pipe:
                 try:
-                    watched = [*guards, *position_keys, *entity_keys]
-                    await pipe.watch(*watched)
-                    values = cast(list[bytes | None], await pipe.mget(watched))  # one round trip
+                    await pipe.watch(*strings, *dict.fromkeys(bucket for bucket, _ in slots))
+                    values = await self._read(strings, slots, client=pipe)
                     if self.live:
                         version, frozen = values[:2]
                         if frozen is not None:  # a snapshot export is reading: wait for it
@@ -241,13 +342,12 @@ class ReadModel:
                             continue
                         if version is not None and int(version) != self.version:
                             return False  # a rebuild swapped versions: the caller re-seeks
-                    stored = values[len(guards) : len(guards) + len(tps)]
+                    stored = values[len(guards) : len(strings)]
                     if [None if v is None else int(v) for v in stored] != [
                         expected[tp] for tp in tps
                     ]:
                         return False
-                    current = values[len(guards) + len(tps) :]
-                    writes = await fold(current)
+                    writes = await fold(values[len(strings) :])
                     pipe.multi()  # type: ignore[no-untyped-call]
                     self._queue(pipe, writes)
                     pipe.mset({self.position_key(tp): offset for tp, offset in new.items()})
@@ -257,23 +357,27 @@ class ReadModel:
                     continue
 
     def _queue(self, pipe: Pipeline, writes: Writes) -> None:
-        upserts = {ref: value for ref, value in writes.states.items() if value is not None}
-        deletes = [ref for ref, value in writes.states.items() if value is None]
-        if upserts:
-            pipe.mset({self.entity_key(*ref): value for ref, value in upserts.items()})
-        if deletes:
-            pipe.delete(*(self.entity_key(*ref) for ref in deletes))
-        by_collection: dict[str, tuple[list[str], list[str]]] = {}
-        for (collection, key), value in writes.states.items():
-            added, removed = by_collection.setdefault(collection, ([], []))
-            (removed if value is None else added).append(key)
-        for collection, (added, removed) in by_collection.items():
-            if added:
-                pipe.zadd(self.index_key(collection), dict.fromkeys(added, 0))
-            if removed:
-                pipe.zrem(self.index_key(collection), *removed)
+        # One script call per kind, not a command per entity: packing commands is what costs.
+        if writes.states:
+            slots = [self.entity_slot(*ref) for ref in writes.states]
+            args = [
+                part
+                for (_, field), value in zip(slots, writes.states.values(), strict=True)
+                for part in (field, value or b"")
+            ]
+            pipe.eval(_WRITE, len(slots), *(key for key, _ in slots), *args)
         links = [("-", link) for link in writes.unlinked] + [("+", link) for link in writes.linked]
-        if links:  # one script call, not a command per link: packing commands is what costs
-            keys = [self.lookup_key(link.ref[0], link.lookup, link.value) for _, link in links]
-            args = [part for op, link in links for part in (op, link.ref[1])]
-            pipe.eval(_LINK, len(keys), *keys, *args)
+        if links:
+            slots = [self.lookup_slot(link.ref[0], link.lookup, link.value) for _, link in links]
+            args = [
+                part for (op, link), (_, value) in zip(links, slots, strict=True)
+                for part in (op, value, link.ref[1])
+            ]
+            pipe.eval(_LINK, len(slots), *(key for key, _ in slots), *args)
+
+
+def _cursor(after: str) -> tuple[int, str]:
+    bucket, _, key = after.partition(":")
+    if not bucket.isdigit() or not 0 <= int(bucket) < BUCKETS or not key:
+        raise InvalidCursorError(f"not a cursor this service handed out: {after!r}")
+    return int(bucket), key

@@ -82,19 +82,27 @@ async def export(
             )
             for tp, offset in positions.items()
         ]
-        total = await _count_entities(readmodel)
+        total = await readmodel.count()
         entities = 0
-        prefix = readmodel.entity_key("", "")[:-1]  # "...:e:"
-        keys: list[bytes] = []
-        async for key in redis.scan_iter(match=prefix + "*", count=500):
-            keys.append(key)
-            if len(keys) >= 500:
-                entities += await _send_entities(producer, topic, readmodel, keys, prefix, headers)
-                keys = []
+        buckets = readmodel.versioned("e", "")
+        async for bucket in redis.scan_iter(match=buckets + "*", count=500):
+            collection = bucket.decode()[len(buckets) :].rsplit(":", 1)[0]
+            async for key, value in redis.hscan_iter(bucket, count=500):
+                sent.append(
+                    await producer.send(
+                        topic,
+                        value,
+                        key=f"{collection}:{key.decode()}".encode(),
+                        headers=[*headers, (KIND, b"entity")],
+                    )
+                )
+                entities += 1
+            if len(sent) >= 5000:
+                await asyncio.gather(*sent)
+                sent = []
                 await redis.expire(readmodel.freeze_key, FREEZE_TTL_S)
                 if progress:
                     progress(entities, total)
-        entities += await _send_entities(producer, topic, readmodel, keys, prefix, headers)
         await asyncio.gather(*sent)
         await producer.flush()
         end = {
@@ -124,37 +132,6 @@ async def _positions(readmodel: ReadModel) -> dict[TopicPartition, int]:
         topic, partition = key.decode()[len(prefix) :].rsplit(":", 1)
         positions[TopicPartition(topic, int(partition))] = int(value)
     return positions
-
-
-async def _count_entities(readmodel: ReadModel) -> int:
-    prefix = readmodel.index_key("")
-    indexes = [key async for key in readmodel.redis.scan_iter(match=prefix + "*", count=500)]
-    return sum([await readmodel.redis.zcard(index) for index in indexes])
-
-
-async def _send_entities(
-    producer: AIOKafkaProducer,
-    topic: str,
-    readmodel: ReadModel,
-    keys: list[bytes],
-    prefix: str,
-    headers: list[tuple[str, bytes]],
-) -> int:
-    if not keys:
-        return 0
-    values = cast(list[bytes | None], await readmodel.redis.mget(keys))
-    sent = [
-        await producer.send(
-            topic,
-            value,
-            key=key.decode()[len(prefix) :].encode(),
-            headers=[*headers, (KIND, b"entity")],
-        )
-        for key, value in zip(keys, values, strict=True)
-        if value is not None
-    ]
-    await asyncio.gather(*sent)
-    return len(sent)
 
 
 async def _end_offsets(
