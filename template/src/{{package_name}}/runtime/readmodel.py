@@ -90,7 +90,7 @@ for i, key in ipairs(KEYS) do
 end
 """
 
-# Adds (+) or removes (-) entity key ARGV[3i] in the list of value ARGV[3i-1] in lookup hash KEYS[i].
+# Adds (+) or removes (-) entity key ARGV[3i] in the list of ARGV[3i-1] in lookup hash KEYS[i].
 _LINK = """
 for i, key in ipairs(KEYS) do
   local op, value, member = ARGV[3 * i - 2], ARGV[3 * i - 1], ARGV[3 * i]
@@ -255,16 +255,12 @@ class ReadModel:
         found: list[tuple[int, bytes, bytes]] = []
         chunk = 256  # buckets per script call
         while len(found) <= limit and bucket < BUCKETS:
-            keys = [self.bucket_key(collection, b) for b in range(bucket, bucket + chunk)]
-            flat = cast(
-                list[Any],
-                await self.redis.eval(  # type: ignore[misc]
-                    _PAGE, len(keys[:BUCKETS - bucket]), *keys[:BUCKETS - bucket], bucket, key,
-                    limit + 1 - len(found),
-                ),
-            )
+            last = min(bucket + chunk, BUCKETS)
+            keys = [self.bucket_key(collection, b) for b in range(bucket, last)]
+            left = limit + 1 - len(found)
+            flat = cast(list[Any], await self.redis.eval(_PAGE, len(keys), *keys, bucket, key, left))
             found += [(int(flat[i]), flat[i + 1], flat[i + 2]) for i in range(0, len(flat), 3)]
-            bucket, key = bucket + chunk, ""
+            bucket, key = last, ""
         more = len(found) > limit
         found = found[:limit]
         if not more or not found:
@@ -370,7 +366,8 @@ class ReadModel:
         if links:
             slots = [self.lookup_slot(link.ref[0], link.lookup, link.value) for _, link in links]
             args = [
-                part for (op, link), (_, value) in zip(links, slots, strict=True)
+                part
+                for (op, link), (_, value) in zip(links, slots, strict=True)
                 for part in (op, value, link.ref[1])
             ]
             pipe.eval(_LINK, len(slots), *(key for key, _ in slots), *args)
