@@ -258,7 +258,9 @@ class ReadModel:
             last = min(bucket + chunk, BUCKETS)
             keys = [self.bucket_key(collection, b) for b in range(bucket, last)]
             left = limit + 1 - len(found)
-            flat = cast(list[Any], await self.redis.eval(_PAGE, len(keys), *keys, bucket, key, left))
+            flat = cast(
+                list[Any], await self.redis.eval(_PAGE, len(keys), *keys, bucket, key, left)
+            )
             found += [(int(flat[i]), flat[i + 1], flat[i + 2]) for i in range(0, len(flat), 3)]
             bucket, key = last, ""
         more = len(found) > limit
