@@ -25,9 +25,10 @@ class InvalidDataError(InvalidEventError):
     """The event's data does not validate against its contract."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per event, and frozen costs 1.6 us more each
 class Event(Generic[D]):
-    """An event whose data has been validated against its contract (after upcasting)."""
+    """An event whose data has been validated against its contract (after upcasting); read-only
+    by convention."""
 
     id: str
     type: str
@@ -76,7 +77,7 @@ class Upcaster:
     convert: Callable[[Mapping[str, Any]], dict[str, Any]]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Change:
     """One projection's verdict on one event: which entity, and the function that moves it."""
 
@@ -108,19 +109,12 @@ class Registry:
     def changes(self, envelope: CloudEvent) -> list[Change]:
         """What the event changes; raises InvalidEventError for what must be dead-lettered."""
         event_type, data = envelope.type, envelope.data
-        seen = {event_type}
-        while event_type in self._upcasters:
-            upcaster = self._upcasters[event_type]
-            if not isinstance(data, Mapping):
-                raise InvalidDataError(f"{event_type}: data must be a JSON object to upcast")
-            event_type, data = upcaster.to_type, upcaster.convert(data)
-            if event_type in seen:
-                raise UnknownEventTypeError(f"upcasters loop at {event_type}")
-            seen.add(event_type)
-        if event_type in self._ignored:
-            return []
+        if event_type in self._upcasters:
+            event_type, data = self._upcast(event_type, data)
         projections = self._projections.get(event_type)
-        if not projections:
+        if projections is None:
+            if event_type in self._ignored:
+                return []
             raise UnknownEventTypeError(
                 f"no projection or upcaster for event type {envelope.type!r}"
             )
@@ -142,6 +136,18 @@ class Registry:
                 Change(projection.collection, projection.key(event), event, projection.apply)
             )
         return changes
+
+    def _upcast(self, event_type: str, data: Any) -> tuple[str, Any]:
+        seen = {event_type}
+        while event_type in self._upcasters:
+            upcaster = self._upcasters[event_type]
+            if not isinstance(data, Mapping):
+                raise InvalidDataError(f"{event_type}: data must be a JSON object to upcast")
+            event_type, data = upcaster.to_type, upcaster.convert(data)
+            if event_type in seen:
+                raise UnknownEventTypeError(f"upcasters loop at {event_type}")
+            seen.add(event_type)
+        return event_type, data
 
 
 def _summary(error: ValidationError) -> str:
