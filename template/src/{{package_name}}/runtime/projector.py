@@ -204,7 +204,12 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
         states = dict(before)
         failed: list[DeadLetter] = []
         for record, changes in work:
-            outcome = await self._project(record, changes, states)
+            try:  # the common case, without a coroutine per event
+                states.update(_applied(changes, states))
+                continue
+            except Exception as exc:
+                error = exc
+            outcome = await self._retry(record, changes, states, error)
             if isinstance(outcome, DeadLetter):
                 failed.append(outcome)
             else:
@@ -217,25 +222,20 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
         if letters and not self._replay:
             await deadletter.publish(self._producer, self._dlq_topic, letters)
 
-    async def _project(
-        self, record: Record, changes: list[Change], states: dict[EntityRef, Any]
+    async def _retry(
+        self, record: Record, changes: list[Change], states: dict[EntityRef, Any], error: Exception
     ) -> dict[EntityRef, Any] | DeadLetter:
-        """Apply one event's changes, all or none; a handler that keeps raising dead-letters it."""
+        """Apply a failed event's changes again, all or none; dead-letter it if it keeps failing."""
         attempt = 1
-        while True:
-            updated: dict[EntityRef, Any] = {}
+        while attempt < self._handler_attempts:
+            log.warning("projecting %s failed (attempt %d): %r", _where(record), attempt, error)
+            await asyncio.sleep(self._retry_backoff_s * 2 ** (attempt - 1))
+            attempt += 1
             try:
-                for change in changes:
-                    ref = (change.collection.name, change.key)
-                    updated[ref] = change.apply(updated.get(ref, states[ref]), change.event)
+                return _applied(changes, states)
             except Exception as exc:
-                if attempt >= self._handler_attempts:
-                    return DeadLetter(record, exc, attempts=attempt)
-                log.warning("projecting %s failed (attempt %d): %r", _where(record), attempt, exc)
-                await asyncio.sleep(self._retry_backoff_s * 2 ** (attempt - 1))
-                attempt += 1
-            else:
-                return updated
+                error = exc
+        return DeadLetter(record, error, attempts=attempt)
 
     async def _commit_to_kafka(self, new: dict[TopicPartition, int]) -> None:
         """Mirror positions into Kafka so lag monitoring sees them; Redis stays the authority."""
@@ -245,6 +245,15 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
             await self.consumer.commit(new)
         except KafkaError as exc:
             log.debug("offset commit for monitoring failed: %r", exc)
+
+
+def _applied(changes: list[Change], states: dict[EntityRef, Any]) -> dict[EntityRef, Any]:
+    """The states one event's changes lead to (raising leaves `states` untouched)."""
+    updated: dict[EntityRef, Any] = {}
+    for change in changes:
+        ref = (change.collection.name, change.key)
+        updated[ref] = change.apply(updated.get(ref, states[ref]), change.event)
+    return updated
 
 
 def _where(record: Record) -> str:
