@@ -183,7 +183,7 @@ async def load(
     last_report = time.monotonic()
     while not await reached(consumer, end):
         batches = await consumer.getmany(timeout_ms=1000, max_records=2000)
-        states: dict[EntityRef, Any] = {}
+        states: dict[EntityRef, bytes] = {}
         upstream: dict[TopicPartition, int] = {}
         new: dict[TopicPartition, int] = {}
         for tp, records in batches.items():
@@ -202,7 +202,7 @@ async def load(
                     if collection not in collections:
                         log.warning("snapshot entity of unknown collection %r skipped", collection)
                         continue
-                    states[(collection, key)] = collections[collection].loads(record.value)
+                    states[(collection, key)] = record.value
                     entities += 1
         if not new:
             continue
@@ -221,16 +221,21 @@ async def load(
 
 
 def _replacing(
-    collections: Mapping[str, Collection[Any]], states: dict[EntityRef, Any]
+    collections: Mapping[str, Collection[Any]], states: dict[EntityRef, bytes]
 ) -> Callable[[list[bytes | None]], Awaitable[Writes]]:
-    """A fold that replaces the entities it reads with `states` (lookups kept in step)."""
+    """A fold that replaces the entities it reads with the exported JSON `states`, as it is: only
+    collections with lookups decode them, to keep the lookups in step."""
 
     async def fold(current: list[bytes | None]) -> Writes:
-        before = {
-            ref: None if raw is None else collections[ref[0]].loads(raw)
-            for ref, raw in zip(states, current, strict=True)
-        }
-        return writes_for(collections, before, states)
+        writes = Writes(states=dict(states))
+        for (ref, new), old in zip(states.items(), current, strict=True):
+            collection = collections[ref[0]]
+            if collection.lookups:
+                before = {ref: None if old is None else collection.loads(old)}
+                linked = writes_for(collections, before, {ref: collection.loads(new)})
+                writes.linked += linked.linked
+                writes.unlinked += linked.unlinked
+        return writes
 
     return fold
 
