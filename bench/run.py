@@ -277,13 +277,14 @@ async def bootstrap(settings: Any) -> Figure:
     from personabff.projections import REGISTRY
     from personabff.runtime import ops, snapshot
     from personabff.runtime.readmodel import ReadModel
+    from personabff.runtime.redis import redis_client
 
     say("bootstrap: exporting the projected read model as a snapshot")
     summary = await ops.export_snapshot(settings, settings.data_topic)
     records = summary.entities + summary.positions + 1
     raw = await raw_consume(settings.data_topic, records)
     say(f"bootstrap: loading {records:,} records into an empty read model")
-    redis = Redis.from_url(REDIS)
+    redis = redis_client(REDIS)  # the service's client
     target = ReadModel(redis, f"{settings.redis_key_prefix}.copy")
     await target.initialise()
     consumer = AIOKafkaConsumer(bootstrap_servers=KAFKA)
