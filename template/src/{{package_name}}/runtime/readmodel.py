@@ -17,10 +17,12 @@ stable order. For the compact encoding, Redis' `hash-max-listpack-value` must ex
 entity JSON and `hash-max-listpack-entries` the entities per bucket (scripts/redis.sh and
 compose.yaml set 1024 and 512; without them it is still correct, only larger).
 
-A batch's entity writes and its new positions are committed in one MULTI/EXEC that WATCHes the
-positions it started from, the buckets it read and the version pointer: a consumer that lost its
-partitions in a rebalance (its positions moved on), or whose version was swapped out by a rebuild,
-aborts instead of writing.
+A batch is committed by one script that checks, then writes: the positions it started from, the
+version pointer and the entities it read must be as it read them, else it writes nothing. So a
+consumer that lost its partitions in a rebalance (its positions moved on), or whose version was
+swapped out by a rebuild, aborts; one whose entity another consumer wrote meanwhile (joins) folds
+again. (WATCH would do the same, but Redis checks WATCHed keys against each other: a batch's few
+hundred keys cost milliseconds.)
 """
 
 import asyncio
@@ -32,8 +34,6 @@ from typing import Any, cast
 import orjson
 from aiokafka import TopicPartition
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
-from redis.exceptions import WatchError
 
 from .projection import Collection
 
@@ -79,22 +79,44 @@ end
 return out
 """
 
-# Sets (or, given an empty value, deletes) field ARGV[2i-1] of hash KEYS[i] to ARGV[2i].
-_WRITE = """
-for i, key in ipairs(KEYS) do
-  if ARGV[2 * i] == '' then
-    redis.call('HDEL', key, ARGV[2 * i - 1])
+# Commits a batch if what it was folded from still holds, in four parts whose sizes are ARGV[1..4]:
+# positions expected (KEYS: position; ARGV: offset, '' for none), positions written (position;
+# offset), entities read (hash; field, and '=' .. JSON or '' when absent), entities written (hash;
+# field, JSON or '' to delete). The lookup changes follow (hash; '+' or '-', value, entity key).
+# KEYS[1..2] are the version pointer and the freeze, ARGV[5] the version ('' when not live).
+# Returns 'ok', or what stopped it: 'frozen', 'moved' (positions or version) or 'changed'.
+_COMMIT = """
+local expected, written, read, states = tonumber(ARGV[1]), tonumber(ARGV[2]),
+  tonumber(ARGV[3]), tonumber(ARGV[4])
+if ARGV[5] ~= '' then
+  if redis.call('EXISTS', KEYS[2]) == 1 then return 'frozen' end
+  local version = redis.call('GET', KEYS[1])
+  if version and version ~= ARGV[5] then return 'moved' end
+end
+local k, a = 2, 5
+for i = 1, expected do
+  if (redis.call('GET', KEYS[k + i]) or '') ~= ARGV[a + i] then return 'moved' end
+end
+local positions, entities = k + expected, a + expected + written
+for i = 1, read do
+  local json = redis.call('HGET', KEYS[positions + written + i], ARGV[entities + 2 * i - 1])
+  if (json and '=' .. json or '') ~= ARGV[entities + 2 * i] then return 'changed' end
+end
+for i = 1, written do
+  redis.call('SET', KEYS[positions + i], ARGV[a + expected + i])
+end
+k, a = positions + written + read, entities + 2 * read
+for i = 1, states do
+  if ARGV[a + 2 * i] == '' then
+    redis.call('HDEL', KEYS[k + i], ARGV[a + 2 * i - 1])
   else
-    redis.call('HSET', key, ARGV[2 * i - 1], ARGV[2 * i])
+    redis.call('HSET', KEYS[k + i], ARGV[a + 2 * i - 1], ARGV[a + 2 * i])
   end
 end
-"""
-
-# Adds (+) or removes (-) entity key ARGV[3i] in the list of ARGV[3i-1] in lookup hash KEYS[i].
-_LINK = """
-for i, key in ipairs(KEYS) do
-  local op, value, member = ARGV[3 * i - 2], ARGV[3 * i - 1], ARGV[3 * i]
-  local raw = redis.call('HGET', key, value)
+k, a = k + states, a + 2 * states
+for i = 1, #KEYS - k do
+  local op, value, member = ARGV[a + 3 * i - 2], ARGV[a + 3 * i - 1], ARGV[a + 3 * i]
+  local raw = redis.call('HGET', KEYS[k + i], value)
   local kept = {}
   if raw then
     for _, other in ipairs(cjson.decode(raw)) do
@@ -103,11 +125,12 @@ for i, key in ipairs(KEYS) do
   end
   if op == '+' then kept[#kept + 1] = member end
   if #kept == 0 then
-    redis.call('HDEL', key, value)
+    redis.call('HDEL', KEYS[k + i], value)
   else
-    redis.call('HSET', key, value, cjson.encode(kept))
+    redis.call('HSET', KEYS[k + i], value, cjson.encode(kept))
   end
 end
+return 'ok'
 """
 
 # Up to ARGV[3] entries of the buckets KEYS (numbered from ARGV[1]) in (bucket, key) order,
@@ -290,14 +313,14 @@ class ReadModel:
         return [value for value in values if value is not None]
 
     async def _read(
-        self, keys: Sequence[str], slots: Sequence[tuple[str, str]], client: Any = None
+        self, keys: Sequence[str], slots: Sequence[tuple[str, str]]
     ) -> list[bytes | None]:
         """The values of string `keys`, then of the hash `slots`, in one round trip."""
-        fields = [field for _, field in slots]
+        hashes, fields = [key for key, _ in slots], [field for _, field in slots]
         return cast(
             list[bytes | None],
-            await (client or self.redis).eval(
-                _READ, len(keys) + len(slots), *keys, *(key for key, _ in slots), len(keys), *fields
+            await self.redis.eval(
+                _READ, len(keys) + len(slots), *keys, *hashes, len(keys), *fields
             ),
         )
 
@@ -328,51 +351,59 @@ class ReadModel:
         strings = [*guards, *(self.position_key(tp) for tp in tps)]
         slots = [self.entity_slot(collection, key) for collection, key in entities]
         while True:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                try:
-                    await pipe.watch(*strings, *dict.fromkeys(bucket for bucket, _ in slots))
-                    values = await self._read(strings, slots, client=pipe)
-                    if self.live:
-                        version, frozen = values[:2]
-                        if frozen is not None:  # a snapshot export is reading: wait for it
-                            await pipe.reset()  # type: ignore[no-untyped-call]
-                            await asyncio.sleep(0.1)
-                            continue
-                        if version is not None and int(version) != self.version:
-                            return False  # a rebuild swapped versions: the caller re-seeks
-                    stored = values[len(guards) : len(strings)]
-                    if [None if v is None else int(v) for v in stored] != [
-                        expected[tp] for tp in tps
-                    ]:
-                        return False
-                    writes = await fold(values[len(strings) :])
-                    pipe.multi()  # type: ignore[no-untyped-call]
-                    self._queue(pipe, writes)
-                    pipe.mset({self.position_key(tp): offset for tp, offset in new.items()})
-                    await pipe.execute()
-                    return True
-                except WatchError:
+            values = await self._read(strings, slots)
+            if self.live:
+                version, frozen = values[:2]
+                if frozen is not None:  # a snapshot export is reading: wait for it
+                    await asyncio.sleep(0.1)
                     continue
+                if version is not None and int(version) != self.version:
+                    return False  # a rebuild swapped versions: the caller re-seeks
+            stored = values[len(guards) : len(strings)]
+            if [None if v is None else int(v) for v in stored] != [expected[tp] for tp in tps]:
+                return False
+            current = values[len(strings) :]
+            writes = await fold(current)
+            outcome = await self._commit(expected, new, slots, current, writes)
+            if outcome == b"frozen":
+                await asyncio.sleep(0.1)
+            elif outcome == b"moved":
+                return False
+            elif outcome == b"ok":
+                return True
+            # b"changed": another consumer wrote an entity of the batch; read and fold again
 
-    def _queue(self, pipe: Pipeline, writes: Writes) -> None:
-        # One script call per kind, not a command per entity: packing commands is what costs.
-        if writes.states:
-            slots = [self.entity_slot(*ref) for ref in writes.states]
-            args = [
-                part
-                for (_, field), value in zip(slots, writes.states.values(), strict=True)
-                for part in (field, value or b"")
-            ]
-            pipe.eval(_WRITE, len(slots), *(key for key, _ in slots), *args)
+    async def _commit(
+        self,
+        expected: Mapping[TopicPartition, int | None],
+        new: Mapping[TopicPartition, int],
+        read: Sequence[tuple[str, str]],
+        current: Sequence[bytes | None],
+        writes: Writes,
+    ) -> bytes:
+        states = [self.entity_slot(*ref) for ref in writes.states]
         links = [("-", link) for link in writes.unlinked] + [("+", link) for link in writes.linked]
-        if links:
-            slots = [self.lookup_slot(link.ref[0], link.lookup, link.value) for _, link in links]
-            args = [
-                part
-                for (op, link), (_, value) in zip(links, slots, strict=True)
-                for part in (op, value, link.ref[1])
-            ]
-            pipe.eval(_LINK, len(slots), *(key for key, _ in slots), *args)
+        lookups = [self.lookup_slot(link.ref[0], link.lookup, link.value) for _, link in links]
+        keys = [
+            self.version_key,
+            self.freeze_key,
+            *(self.position_key(tp) for tp in expected),
+            *(self.position_key(tp) for tp in new),
+            *(key for key, _ in read),
+            *(key for key, _ in states),
+            *(key for key, _ in lookups),
+        ]
+        args: list[Any] = [len(expected), len(new), len(read), len(states)]
+        args.append(self.version if self.live else "")
+        args += ["" if offset is None else offset for offset in expected.values()]
+        args += new.values()
+        for (_, field), value in zip(read, current, strict=True):
+            args += (field, b"" if value is None else b"=" + value)
+        for (_, field), state in zip(states, writes.states.values(), strict=True):
+            args += (field, state or b"")
+        for (op, link), (_, value) in zip(links, lookups, strict=True):
+            args += (op, value, link.ref[1])
+        return cast(bytes, await self.redis.eval(_COMMIT, len(keys), *keys, *args))
 
 
 def _cursor(after: str) -> tuple[int, str]:
