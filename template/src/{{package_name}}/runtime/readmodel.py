@@ -397,12 +397,12 @@ class ReadModel:
         args.append(self.version if self.live else "")
         args += ["" if offset is None else offset for offset in expected.values()]
         args += new.values()
-        for (_, name), value in zip(read, current, strict=True):
-            args += (name, b"" if value is None else b"=" + value)
+        for (_, name), json in zip(read, current, strict=True):
+            args += (name, b"" if json is None else b"=" + json)
         for (_, name), state in zip(states, writes.states.values(), strict=True):
             args += (name, state or b"")
-        for (op, link), (_, value) in zip(links, lookups, strict=True):
-            args += (op, value, link.ref[1])
+        for (op, link), (_, entry) in zip(links, lookups, strict=True):
+            args += (op, entry, link.ref[1])
         return cast(bytes, await self.redis.eval(_COMMIT, len(keys), *keys, *args))
 
 
