@@ -39,8 +39,9 @@ from .projection import Collection
 
 EntityRef = tuple[str, str]  # (collection, key)
 
-# Fixed for a layout: 4096 buckets of up to 512 entities keep 2M entities compact.
-BUCKETS = 4096
+# Fixed for a layout: 1024 buckets of up to 512 entities keep 500k entities per collection compact;
+# beyond that the buckets become hash tables: still correct, less compact.
+BUCKETS = 1024
 
 
 class InvalidCursorError(ValueError):
