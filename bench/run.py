@@ -204,6 +204,7 @@ async def projection(run: str, count: int, naive_count: int) -> tuple[list[Figur
     redis = redis_client(REDIS)  # the service's client
     readmodel = ReadModel(redis, settings.redis_key_prefix)
     await readmodel.initialise()
+    await readmodel.bootstrapped()  # no snapshot to load: project from the start
     consumer, tps = await assigned_consumer(topic, isolation_level="read_committed")
     producer = AIOKafkaProducer(bootstrap_servers=KAFKA)
     await producer.start()

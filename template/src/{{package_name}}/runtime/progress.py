@@ -19,6 +19,12 @@ class Progress:
     started: float = field(default_factory=time.monotonic)
     _logged: float = 0.0
 
+    def restart(self) -> None:
+        """Start over (the work is being done again)."""
+        self.done = self.total = 0
+        self.finished = False
+        self.started = time.monotonic()
+
     def __call__(self, done: int, total: int) -> None:
         self.done, self.total = done, total
         now = time.monotonic()

@@ -21,7 +21,7 @@ from .deadletter import DeadLetter
 from .events import InvalidEventError, decode
 from .kafka import Record, reached, seek
 from .projection import Change, Registry
-from .readmodel import EntityRef, ReadModel, Writes, writes_for
+from .readmodel import EntityRef, ReadModel, ReadModelLostError, Writes, writes_for
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,7 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
         # Held while a batch is in hand, so a rebalance waits for it to finish.
         self._batch_lock = asyncio.Lock()
         self._stopping = asyncio.Event()
+        self._lost: ReadModelLostError | None = None
         self.assigned_once = asyncio.Event()
         self.applied = 0
         self.dead_lettered = 0
@@ -74,7 +75,10 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
 
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         async with self._batch_lock:
-            await self._seek_to_stored(list(assigned))
+            try:
+                await self._seek_to_stored(list(assigned))
+            except ReadModelLostError as exc:  # raised from run(), not into aiokafka
+                self._lost = exc
         self.assigned_once.set()
 
     async def _seek_to_stored(self, tps: list[TopicPartition]) -> None:
@@ -102,9 +106,19 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
         progress: Callable[[int, int], None] | None = None,
     ) -> None:
         """Project until `stop()`, or until every partition has reached its offset in `until`
-        (reporting `progress(done, total)` in records on the way)."""
+        (reporting `progress(done, total)` in records on the way).
+
+        Raises ReadModelLostError when the read model is gone from Redis, or being bootstrapped
+        again; once it is back, `run()` again carries on from the positions stored then.
+        """
+        self._lost = None
+        if self._positions:  # run before: the stored positions may have changed since
+            async with self._batch_lock:
+                await self._seek_to_stored(list(self._positions))
         start = sum(self._positions.get(tp) or 0 for tp in until or {})
         while not self._stopping.is_set():
+            if self._lost is not None:
+                raise self._lost
             if until is not None:
                 if progress is not None:
                     done = sum(self._positions.get(tp) or 0 for tp in until) - start

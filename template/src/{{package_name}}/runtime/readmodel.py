@@ -48,6 +48,11 @@ class InvalidCursorError(ValueError):
     """A page cursor this read model did not hand out."""
 
 
+class ReadModelLostError(Exception):
+    """The read model is gone from Redis (restarted without persistence, or flushed), or another
+    instance found it gone and is bootstrapping it again: it must be bootstrapped before use."""
+
+
 @dataclass(frozen=True, slots=True)
 class Link:
     """An entry of a secondary lookup: `ref` has `value` under `lookup`."""
@@ -65,6 +70,14 @@ class Writes:
     linked: list[Link] = field(default_factory=list)
     unlinked: list[Link] = field(default_factory=list)
 
+
+_INITIALISE = """
+if redis.call('SET', KEYS[1], '1', 'NX') then
+  redis.call('SET', KEYS[2], 'pending')
+  return 1
+end
+return 0
+"""
 
 # GETs the first ARGV[1] KEYS, then HGETs each further key's field (ARGV[2], ...).
 _READ = """
@@ -84,17 +97,18 @@ return out
 # positions expected (KEYS: position; ARGV: offset, '' for none), positions written (position;
 # offset), entities read (hash; field, and '=' .. JSON or '' when absent), entities written (hash;
 # field, JSON or '' to delete). The lookup changes follow (hash; '+' or '-', value, entity key).
-# KEYS[1..2] are the version pointer and the freeze, ARGV[5] the version ('' when not live).
-# Returns 'ok', or what stopped it: 'frozen', 'moved' (positions or version) or 'changed'.
+# KEYS[1..3] are the version pointer, the freeze and the bootstrap marker; ARGV[5] is the version
+# ('' when not live), ARGV[6] '1' when a pending bootstrap must stop the commit. Returns 'ok', or
+# what stopped it: 'frozen', 'pending', 'moved' (positions or version) or 'changed'.
 _COMMIT = """
 local expected, written, read, states = tonumber(ARGV[1]), tonumber(ARGV[2]),
   tonumber(ARGV[3]), tonumber(ARGV[4])
 if ARGV[5] ~= '' then
   if redis.call('EXISTS', KEYS[2]) == 1 then return 'frozen' end
-  local version = redis.call('GET', KEYS[1])
-  if version and version ~= ARGV[5] then return 'moved' end
+  if ARGV[6] == '1' and redis.call('GET', KEYS[3]) == 'pending' then return 'pending' end
+  if redis.call('GET', KEYS[1]) ~= ARGV[5] then return 'moved' end
 end
-local k, a = 2, 5
+local k, a = 3, 6
 for i = 1, expected do
   if (redis.call('GET', KEYS[k + i]) or '') ~= ARGV[a + i] then return 'moved' end
 end
@@ -241,16 +255,30 @@ class ReadModel:
         """Another version of the same read model, written by a rebuild: not live."""
         return ReadModel(self.redis, self.prefix, version=version, live=False)
 
+    @property
+    def bootstrap_key(self) -> str:
+        """'pending' until this version's bootstrap is done; no projector commits before that."""
+        return self.versioned("bootstrap")
+
     async def initialise(self) -> bool:
-        """Point at version 1 if nothing does yet; True when this read model is brand new."""
-        created = bool(await self.redis.set(self.version_key, 1, nx=True))
+        """Point at version 1, marked as waiting for its bootstrap, if nothing does yet (both at
+        once, so a second instance never sees one without the other); True when brand new."""
+        created = bool(
+            await self.redis.eval(_INITIALISE, 2, self.version_key, self.key("v1", "bootstrap"))
+        )
         await self.refresh()
         return created
 
+    async def bootstrapped(self) -> None:
+        await self.redis.set(self.bootstrap_key, "done")
+
     async def refresh(self) -> bool:
-        """Follow the version pointer; True when it moved."""
+        """Follow the version pointer; True when it moved. Raises ReadModelLostError when there is
+        no pointer (call initialise() first)."""
         current = await self.redis.get(self.version_key)
-        version = int(current) if current is not None else self.version
+        if current is None:
+            raise ReadModelLostError(f"no read model version at {self.version_key}")
+        version = int(current)
         moved, self.version = version != self.version, version
         return moved
 
@@ -339,35 +367,42 @@ class ReadModel:
         new: Mapping[TopicPartition, int],
         entities: Sequence[EntityRef],
         fold: Callable[[list[bytes | None]], Awaitable[Writes]],
+        *,
+        bootstrapping: bool = False,
     ) -> bool:
         """Fold a batch onto the current states and write the result with the new positions.
 
         Returns False, writing nothing, when a stored position is no longer the one `expected`
         (another consumer has moved the partition on) or this version is no longer the live one.
         While a snapshot export holds the freeze, it waits. A concurrent write to an entity this
-        batch read makes it re-read and fold again.
+        batch read makes it re-read and fold again. Unless `bootstrapping`, raises
+        ReadModelLostError while the live version waits for its bootstrap.
         """
         tps = list(expected)
-        guards = [self.version_key, self.freeze_key] if self.live else []
+        guards = [self.version_key, self.freeze_key, self.bootstrap_key] if self.live else []
         strings = [*guards, *(self.position_key(tp) for tp in tps)]
         slots = [self.entity_slot(collection, key) for collection, key in entities]
         while True:
             values = await self._read(strings, slots)
             if self.live:
-                version, frozen = values[:2]
+                version, frozen, bootstrap = values[:3]
                 if frozen is not None:  # a snapshot export is reading: wait for it
                     await asyncio.sleep(0.1)
                     continue
-                if version is not None and int(version) != self.version:
-                    return False  # a rebuild swapped versions: the caller re-seeks
+                if bootstrap == b"pending" and not bootstrapping:
+                    raise ReadModelLostError("the read model is being bootstrapped again")
+                if version is None or int(version) != self.version:
+                    return False  # a rebuild swapped versions, or Redis lost them: re-seek
             stored = values[len(guards) : len(strings)]
             if [None if v is None else int(v) for v in stored] != [expected[tp] for tp in tps]:
                 return False
             current = values[len(strings) :]
             writes = await fold(current)
-            outcome = await self._commit(expected, new, slots, current, writes)
+            outcome = await self._commit(expected, new, slots, current, writes, bootstrapping)
             if outcome == b"frozen":
                 await asyncio.sleep(0.1)
+            elif outcome == b"pending":
+                raise ReadModelLostError("the read model is being bootstrapped again")
             elif outcome == b"moved":
                 return False
             elif outcome == b"ok":
@@ -381,6 +416,7 @@ class ReadModel:
         read: Sequence[tuple[str, str]],
         current: Sequence[bytes | None],
         writes: Writes,
+        bootstrapping: bool,
     ) -> bytes:
         states = [self.entity_slot(*ref) for ref in writes.states]
         links = [("-", link) for link in writes.unlinked] + [("+", link) for link in writes.linked]
@@ -388,6 +424,7 @@ class ReadModel:
         keys = [
             self.version_key,
             self.freeze_key,
+            self.bootstrap_key,
             *(self.position_key(tp) for tp in expected),
             *(self.position_key(tp) for tp in new),
             *(key for key, _ in read),
@@ -396,6 +433,7 @@ class ReadModel:
         ]
         args: list[Any] = [len(expected), len(new), len(read), len(states)]
         args.append(self.version if self.live else "")
+        args.append("1" if self.live and not bootstrapping else "0")
         args += ["" if offset is None else offset for offset in expected.values()]
         args += new.values()
         for (_, name), json in zip(read, current, strict=True):

@@ -8,8 +8,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from . import snapshot
 from .commands import CommandBus
@@ -19,7 +21,7 @@ from .kafka import new_consumer, new_producer, start_client
 from .progress import Progress
 from .projection import Registry
 from .projector import Projector
-from .readmodel import ReadModel
+from .readmodel import ReadModel, ReadModelLostError
 from .redis import redis_client
 from .settings import ServiceSettings
 
@@ -38,6 +40,7 @@ class Service:
     projector: Projector | None = None
     tasks: list["asyncio.Task[None]"] = field(default_factory=list)
     caught_up: bool = False  # once true, Kafka lag no longer takes this instance out of service
+    recoveries: int = 0  # times the read model was found gone from Redis and bootstrapped again
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Whether to send this instance traffic, with the state of each component.
@@ -97,8 +100,7 @@ async def running(
         redis = await connect_redis(settings)
         stack.push_async_callback(redis.aclose)
         readmodel = ReadModel(redis, settings.redis_key_prefix)
-        if await readmodel.initialise():  # a brand-new read model: load a snapshot first
-            await redis.set(readmodel.versioned("bootstrap"), "pending")
+        await readmodel.initialise()  # a brand-new one waits for its bootstrap
 
         producer = new_producer(settings)
         await start_client(producer, settings)
@@ -177,10 +179,45 @@ async def _go_live(
     service: Service,
     projector: Projector | None,
 ) -> None:
-    """Load the snapshot if this read model has never been bootstrapped, then project live."""
+    """Bootstrap the read model if it waits for it, then project live. Should Redis lose the read
+    model (a restart without persistence), not ready again until it is bootstrapped again."""
+    subscribed = False
+    while True:
+        async for attempt in _retrying("bootstrap"):  # resumes where it failed
+            with attempt:
+                await _bootstrap(settings, registry, service)
+        if projector is None:
+            return
+        if not subscribed:
+            projector.consumer.subscribe(settings.upstream_topics, listener=projector)
+            await start_client(projector.consumer, settings)
+            subscribed = True
+        try:
+            await projector.run()
+            return
+        except ReadModelLostError as exc:
+            log.error("read model lost (%s): bootstrapping it again", exc)
+        service.recoveries += 1
+        service.caught_up = False
+        service.bootstrap.restart()
+        async for attempt in _retrying("initialising the read model"):
+            with attempt:
+                await service.readmodel.initialise()
+
+
+def _retrying(what: str) -> AsyncRetrying:
+    """Retry through Redis and Kafka outages, backing off to every 5 s."""
+    return AsyncRetrying(
+        wait=wait_exponential(multiplier=0.1, max=5.0),
+        retry=retry_if_exception_type((RedisError, KafkaError, OSError)),
+        before_sleep=lambda state: log.warning("%s: %r; retrying", what, state.outcome),
+    )
+
+
+async def _bootstrap(settings: ServiceSettings, registry: Registry, service: Service) -> None:
+    """Load the last snapshot of the data topic if the read model waits for its bootstrap."""
     readmodel = service.readmodel
-    marker = readmodel.versioned("bootstrap")
-    if await readmodel.redis.get(marker) == b"pending":
+    if await readmodel.redis.get(readmodel.bootstrap_key) == b"pending":
         consumer = new_consumer(settings, group_id=None)
         await start_client(consumer, settings)
         try:
@@ -197,12 +234,8 @@ async def _go_live(
             log.warning("bootstrap skipped: %s", exc)
         finally:
             await consumer.stop()
-        await readmodel.redis.set(marker, "done")
+        await readmodel.bootstrapped()
     service.bootstrap.finished = True
-    if projector is not None:
-        projector.consumer.subscribe(settings.upstream_topics, listener=projector)
-        await start_client(projector.consumer, settings)
-        await projector.run()
 
 
 async def _follow_version(readmodel: ReadModel, stopping: asyncio.Event) -> None:
@@ -211,7 +244,7 @@ async def _follow_version(readmodel: ReadModel, stopping: asyncio.Event) -> None
         try:
             if await readmodel.refresh():
                 log.info("queries now read version %d", readmodel.version)
-        except (RedisError, OSError) as exc:
+        except (RedisError, OSError, ReadModelLostError) as exc:  # the projector recovers
             log.debug("version check failed: %r", exc)
         with suppress(TimeoutError):
             await asyncio.wait_for(stopping.wait(), VERSION_POLL_S)

@@ -208,7 +208,8 @@ async def load(
             continue
         expected = {tp: stored[tp] for tp in new}
         fold = _replacing(collections, states)
-        if await readmodel.commit(expected, {**upstream, **new}, list(states), fold):
+        moved_to = {**upstream, **new}
+        if await readmodel.commit(expected, moved_to, list(states), fold, bootstrapping=True):
             stored.update(new)
         else:  # another instance is loading the same snapshot: carry on from where it got
             stored = await _seek_to_stored(readmodel, consumer, tps)
