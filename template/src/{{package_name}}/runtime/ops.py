@@ -26,7 +26,7 @@ from .errors import StartupError
 from .kafka import new_consumer, new_producer, partitions_of, reached, seek, start_client
 from .projection import Registry
 from .projector import Projector
-from .readmodel import ReadModel
+from .readmodel import ReadModel, ReadModelLostError
 from .service import connect_redis
 from .settings import ServiceSettings
 
@@ -53,6 +53,18 @@ async def clients(settings: ServiceSettings) -> AsyncIterator[Clients]:
         await start_client(consumer, settings)
         stack.push_async_callback(consumer.stop)
         yield Clients(ReadModel(redis, settings.redis_key_prefix), producer, consumer)
+
+
+async def _existing(readmodel: ReadModel) -> ReadModel:
+    """The live read model, which jobs that write to it need the service to have created."""
+    try:
+        await readmodel.refresh()
+    except ReadModelLostError:
+        raise StartupError(
+            f"no read model under REDIS_KEY_PREFIX={readmodel.prefix} in this Redis:"
+            " start the service first"
+        ) from None
+    return readmodel
 
 
 async def _assign_all(
@@ -101,7 +113,7 @@ async def redrive(settings: ServiceSettings, registry: Registry) -> Projector:
         projector = Projector(
             c.consumer,
             c.producer,
-            c.readmodel,
+            await _existing(c.readmodel),
             registry,
             dlq_topic=settings.dlq_topic,
             max_batch=settings.consumer_max_batch,
@@ -116,7 +128,8 @@ async def export_snapshot(
     settings: ServiceSettings, topic: str, progress: snapshot.ProgressCallback | None = None
 ) -> snapshot.Summary:
     async with clients(settings) as c:
-        return await snapshot.export(c.readmodel, c.producer, settings, topic, progress)
+        readmodel = await _existing(c.readmodel)
+        return await snapshot.export(readmodel, c.producer, settings, topic, progress)
 
 
 async def rebuild(
