@@ -32,7 +32,12 @@ def create_app(
             app.state.metrics = metrics.registry_for(running)
             yield
 
-    app = FastAPI(title=settings.service_name, lifespan=lifespan)
+    app = FastAPI(
+        title=settings.service_name,
+        lifespan=lifespan,
+        # FastAPI answers 400 itself to a body it cannot parse (and _bad_cursor to a bad cursor).
+        responses={400: {"description": "Malformed request"}},
+    )
     app.add_exception_handler(RedisError, _read_model_unavailable)
     app.add_exception_handler(InvalidCursorError, _bad_cursor)
     app.include_router(health.router)

@@ -44,6 +44,10 @@ EntityRef = tuple[str, str]  # (collection, key)
 BUCKETS = 1024
 
 
+# What page cursors look like (`<bucket>:<key>`), for query parameters to declare.
+CURSOR_PATTERN = r"^[0-9]+:"
+
+
 class InvalidCursorError(ValueError):
     """A page cursor this read model did not hand out."""
 
@@ -446,7 +450,8 @@ class ReadModel:
 
 
 def _cursor(after: str) -> tuple[int, str]:
-    bucket, _, key = after.partition(":")
-    if not bucket.isdigit() or not 0 <= int(bucket) < BUCKETS or not key:
+    bucket, colon, key = after.partition(":")
+    if not bucket.isascii() or not bucket.isdigit() or not colon:
         raise InvalidCursorError(f"not a cursor this service handed out: {after!r}")
-    return int(bucket), key
+    number = int(bucket) if len(bucket) < 6 else BUCKETS
+    return min(number, BUCKETS), key  # past the last bucket: the end
