@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 DEST ?= ../personabff
 COPIER_ARGS ?=
 
-.PHONY: help install services stop-services test test-fast new lint docs bench bench-full
+.PHONY: help install services stop-services test faults test-fast new lint docs bench bench-full
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -26,15 +26,19 @@ services:  ## Start Kafka and Redis on 127.0.0.1 (installed on first use)
 stop-services:  ## Stop them (data is kept)
 	scripts/services.sh stop
 
-test: install services lint docs  ## Everything: render every variant, lint, type-check, run generated suites
-	. <(scripts/services.sh env) && $(PY) -m pytest -n 2
+test: install services lint docs  ## Everything: render every variant, lint, type-check, run generated suites, faults
+	. <(scripts/services.sh env) && $(PY) -m pytest -n 2 -m "not faults"
+	. <(scripts/services.sh env) && $(PY) -m pytest -m faults
+
+faults: install services  ## The fault suite alone: crashes, bad input, load; writes docs/reliability.md
+	. <(scripts/services.sh env) && $(PY) -m pytest -m faults
 
 lint:  ## ruff over the template repository's own Python (the template is checked as rendered)
 	$(PY) -m ruff check tests hooks scripts bench
 	$(PY) -m ruff format --check tests hooks scripts bench
 
 test-fast: install  ## Only what needs no Kafka or Redis
-	$(PY) -m pytest -m "not services"
+	$(PY) -m pytest -m "not services and not faults"
 
 docs: install  ## Build the documentation site (strict: broken links fail)
 	$(VENV)/bin/mkdocs build --strict --quiet --site-dir .venv/site

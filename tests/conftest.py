@@ -1,6 +1,8 @@
 """Fixtures of the template's tests: where the real services are, and a versioned template copy."""
 
 import os
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,3 +31,37 @@ def services_env() -> dict[str, str]:
 def template_snapshot(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The template's working tree committed into a fresh repo tagged v99.0.0 (see helpers)."""
     return snapshot_template(tmp_path_factory.mktemp("template"))
+
+
+RELIABILITY_PAGE = Path(__file__).resolve().parents[1] / "docs/reliability.md"
+START, END = "<!-- faults:start -->", "<!-- faults:end -->"
+
+
+class Reliability:
+    """What the fault suite measured, written to docs/reliability.md when the whole suite passed."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, str]] = []
+
+    def record(self, fault: str, measured: str) -> None:
+        self.rows.append((fault, measured))
+
+    def write(self) -> None:
+        table = ["| fault | measured |", "|---|---|"]
+        table += [f"| {fault} | {measured} |" for fault, measured in self.rows]
+        stamp = f"Measured {time.strftime('%Y-%m-%d')} by `make faults` ({os.cpu_count()} cores)."
+        page = RELIABILITY_PAGE.read_text()
+        head, _, rest = page.partition(START)
+        _, _, tail = rest.partition(END)
+        RELIABILITY_PAGE.write_text(
+            f"{head}{START}\n{stamp}\n\n" + "\n".join(table) + f"\n{END}{tail}"
+        )
+
+
+@pytest.fixture(scope="session")
+def reliability(request: pytest.FixtureRequest) -> Iterator[Reliability]:
+    measured = Reliability()
+    yield measured
+    whole_suite = not request.config.getoption("keyword")
+    if measured.rows and whole_suite and request.session.testsfailed == 0:
+        measured.write()

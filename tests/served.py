@@ -35,7 +35,9 @@ def until(check: Callable[[], bool], within: float = 60) -> None:
 class Served:
     """`python -m <package> serve` of a rendered project, on a free port."""
 
-    def __init__(self, project: Path, package: str, env: dict[str, str]) -> None:
+    def __init__(
+        self, project: Path, package: str, env: dict[str, str], *, wait_ready: bool = True
+    ) -> None:
         self.port = free_port()
         self.log = project / "serve.log"
         with self.log.open("w") as log:
@@ -46,13 +48,23 @@ class Served:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        until(lambda: self.get("/health/ready").status_code == 200)
+        probe = "/health/ready" if wait_ready else "/health/live"
+        until(lambda: self._alive() and self.get(probe).status_code == 200)
 
-    def get(self, path: str) -> httpx.Response:
-        return httpx.get(f"http://127.0.0.1:{self.port}{path}", timeout=30)
+    def _alive(self) -> bool:
+        if self.process.poll() is not None:
+            pytest.fail(f"serve exited with {self.process.returncode}:\n{self.log.read_text()}")
+        return True
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def get(self, path: str, params: dict[str, str] | None = None) -> httpx.Response:
+        return httpx.get(f"{self.url}{path}", params=params, timeout=30)
 
     def post(self, path: str, body: object) -> httpx.Response:
-        return httpx.post(f"http://127.0.0.1:{self.port}{path}", json=body, timeout=30)
+        return httpx.post(f"{self.url}{path}", json=body, timeout=30)
 
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)

@@ -17,7 +17,7 @@ from .app import create_app
 from .projections import REGISTRY
 from .runtime import ops, service
 from .runtime.errors import StartupError
-from .runtime.kafka import create_topics, new_producer, own_topics, start_client
+from .runtime.kafka import create_topics, missing_topics, new_producer, own_topics, start_client
 from .settings import Settings
 
 T = TypeVar("T")
@@ -39,12 +39,23 @@ def load_settings() -> Settings:
 
 
 async def _preflight(settings: Settings) -> None:
-    """Fail fast, with a readable message, when Redis or Kafka cannot be reached."""
+    """Fail fast, with a readable message, when Redis or Kafka cannot be reached or a topic is
+    missing."""
     redis = await service.connect_redis(settings)
     await redis.aclose()
     producer = new_producer(settings)
     await start_client(producer, settings)
     await producer.stop()
+    if missing := await missing_topics(settings, own_topics(settings)):
+        raise StartupError(
+            f"missing Kafka topics of this service: {', '.join(missing)}"
+            f" (create them with `python -m {__package__} create-topics`)"
+        )
+    if missing := await missing_topics(settings, settings.upstream_topics):
+        raise StartupError(
+            f"missing upstream topics (UPSTREAM_TOPICS): {', '.join(missing)}"
+            " (they belong to the upstream services: check the names, or create them there)"
+        )
 
 
 @cli.command()

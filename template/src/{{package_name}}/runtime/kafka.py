@@ -110,6 +110,17 @@ async def reached(consumer: AIOKafkaConsumer, end: Mapping[TopicPartition, int])
     return True
 
 
+async def missing_topics(settings: ServiceSettings, topics: list[str]) -> list[str]:
+    """Those of `topics` the cluster does not have."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    await start_client(admin, settings)
+    try:
+        existing = set(await admin.list_topics())
+    finally:
+        await admin.close()
+    return [topic for topic in topics if topic not in existing]
+
+
 def own_topics(settings: ServiceSettings) -> list[str]:
     """The topics this service owns (DESIGN.md, "Topic conventions")."""
     topics = [

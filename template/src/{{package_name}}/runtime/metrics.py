@@ -34,6 +34,11 @@ class ServiceCollector(Collector):
             "1 once the first-start bootstrap is done",
             int(progress.finished),
         )
+        yield CounterMetricFamily(
+            "bff_read_model_recoveries",
+            "Times the read model was found gone from Redis and bootstrapped again",
+            service.recoveries,
+        )
         projector = service.projector
         if projector is not None:
             yield CounterMetricFamily("bff_events_applied", "Events applied", projector.applied)

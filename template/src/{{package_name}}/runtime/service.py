@@ -84,7 +84,9 @@ async def connect_redis(settings: ServiceSettings) -> Redis:
             await redis.ping()
     except (RedisError, OSError, TimeoutError) as exc:
         await redis.aclose()
-        raise StartupError(f"Redis is unusable at REDIS_URL={settings.redis_url}: {exc!r}") from exc
+        raise StartupError(
+            f"Redis is unusable at REDIS_URL={settings.redis_url_shown}: {exc!r}"
+        ) from exc
     return redis
 
 

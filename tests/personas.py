@@ -1,0 +1,103 @@
+"""Persona Fact Events for a generated service's example projection, and their independent fold.
+
+Renames count (`renames`), so an event applied twice shows in the read model, as does one lost.
+"""
+
+import asyncio
+import random
+import uuid
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from .served import Served
+
+Event = tuple[str, str, dict[str, Any]]  # (key, type, data)
+
+
+def events(seed: int, count: int, personas: int = 500) -> list[Event]:
+    """Creations, renames (v1, upcast, and v2) and deletions of `personas` personas."""
+    rng = random.Random(seed)
+    out: list[Event] = []
+    for n in range(count):
+        persona_id = f"p{rng.randrange(personas)}"
+        roll = rng.random()
+        if roll < 0.15:
+            data = {"persona_id": persona_id, "name": f"n{n}", "email": f"{persona_id}.{n}@x.io"}
+            out.append((persona_id, "persona.created.v1", data))
+        elif roll < 0.55:
+            out.append(
+                (persona_id, "persona.renamed.v1", {"persona_id": persona_id, "name": f"r{n}"})
+            )
+        elif roll < 0.95:
+            data = {"persona_id": persona_id, "display_name": f"r{n}"}
+            out.append((persona_id, "persona.renamed.v2", data))
+        else:
+            out.append((persona_id, "persona.deleted.v1", {"persona_id": persona_id}))
+    return out
+
+
+def fold(history: list[Event]) -> dict[str, dict[str, Any]]:
+    """What the read model must hold after `history`, computed without the service."""
+    personas: dict[str, dict[str, Any]] = {}
+    for persona_id, event_type, data in history:
+        if event_type == "persona.created.v1":
+            personas[persona_id] = {**data, "renames": 0}
+        elif event_type.startswith("persona.renamed.") and persona_id in personas:
+            name = data.get("display_name", data.get("name"))
+            personas[persona_id] = {
+                **personas[persona_id],
+                "name": name,
+                "renames": personas[persona_id]["renames"] + 1,
+            }
+        elif event_type == "persona.deleted.v1":
+            personas.pop(persona_id, None)
+    return personas
+
+
+def cloud_event(event_type: str, data: Any) -> bytes:
+    envelope = {"specversion": "1.0", "id": uuid.uuid4().hex, "source": "/tests/personaservice"}
+    return orjson.dumps({**envelope, "type": event_type, "data": data})
+
+
+async def create_topic(bootstrap: str, topic: str, partitions: int = 3) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, partitions, replication_factor=1)])
+    finally:
+        await admin.close()
+
+
+async def publish_async(
+    bootstrap: str, topic: str, records: list[tuple[str, bytes | None]]
+) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=10)
+    await producer.start()
+    try:
+        sent = [await producer.send(topic, value, key=key.encode()) for key, value in records]
+        await asyncio.gather(*sent)
+    finally:
+        await producer.stop()
+
+
+def publish(bootstrap: str, topic: str, history: list[Event]) -> None:
+    records = [(key, cloud_event(event_type, data)) for key, event_type, data in history]
+    asyncio.run(publish_async(bootstrap, topic, records))
+
+
+def read_all(server: Served) -> dict[str, dict[str, Any]]:
+    """Every persona the service answers with, page by page."""
+    personas: dict[str, dict[str, Any]] = {}
+    after: str | None = None
+    while True:
+        params = {"limit": "500", **({"after": after} if after else {})}
+        page = server.get("/personas", params=params)
+        page.raise_for_status()
+        body = page.json()
+        personas.update((item["persona_id"], item) for item in body["items"])
+        after = body["next_cursor"]
+        if after is None:
+            return personas

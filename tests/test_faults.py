@@ -1,0 +1,352 @@
+"""The fault suite: a generated service through broker and Redis crashes, bad input and load.
+
+Each test runs the service (`python -m personabff serve`) against a broker and a Redis of this
+module's own (tests/infra.py), which it kills and restarts; the shared ones are never touched. The
+suite runs on its own, one test at a time (`make faults`, part of `make test`), and writes what it
+measured to docs/reliability.md.
+"""
+
+import asyncio
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from . import personas
+from .conftest import Reliability
+from .helpers import assert_ok, render, run
+from .infra import OwnKafka, OwnRedis
+from .served import Served, until
+
+pytestmark = pytest.mark.faults
+
+Env = dict[str, str]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return render(tmp_path_factory.mktemp("faults") / "personabff")
+
+
+@pytest.fixture(scope="module")
+def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnKafka]:
+    broker = OwnKafka(tmp_path_factory.mktemp("kafka"))
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.clean()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[OwnRedis]:
+    server = OwnRedis(tmp_path / "redis")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture
+def env(project: Path, kafka: OwnKafka, redis_server: OwnRedis) -> Env:
+    """A service of this test's own: topics (upstream with 3 partitions) and Redis keys."""
+    kafka.start()  # a no-op unless an earlier test left it down
+    run_id = f"faults{uuid.uuid4().hex[:8]}"
+    upstream = f"{run_id}.arcadia.identity.personaservice.events"
+    environment = {
+        "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap,
+        "REDIS_URL": redis_server.url,
+        "TOPIC_PREFIX": f"{run_id}.arcadia.identity.personabff",
+        "REDIS_KEY_PREFIX": run_id,
+        "UPSTREAM_TOPICS": upstream,
+        "LOG_LEVEL": "INFO",
+    }
+    asyncio.run(personas.create_topic(kafka.bootstrap, upstream))
+    assert_ok(run(project, "personabff", "create-topics", env=environment))
+    return environment
+
+
+def _serve(project: Path, env: Env, **overrides: str) -> Served:
+    return Served(project, "personabff", {**env, **overrides}, wait_ready=False)
+
+
+def _converges(server: Served, expected: dict[str, dict[str, Any]], within: float = 180) -> float:
+    """Seconds until the read model equals `expected`."""
+    start = time.monotonic()
+    until(lambda: personas.read_all(server) == expected, within=within)
+    return time.monotonic() - start
+
+
+def _projecting(server: Served) -> None:
+    until(lambda: bool(server.get("/personas", {"limit": "1"}).json()["items"]))
+
+
+def _lag(server: Served) -> int:
+    return sum(n or 0 for n in server.get("/health/ready").json()["lag"].values())
+
+
+def test_broker_killed_while_projecting(
+    project: Path, env: Env, kafka: OwnKafka, reliability: Reliability
+) -> None:
+    history = personas.events(seed=1, count=30_000)
+    personas.publish(kafka.bootstrap, env["UPSTREAM_TOPICS"], history)
+    server = _serve(project, env, CONSUMER_MAX_BATCH="100")
+    try:
+        _projecting(server)
+        behind = _lag(server)
+        kafka.kill()
+        statuses = Counter(server.get(f"/personas/p{n % 500}").status_code for n in range(300))
+        kafka.start()
+        converged = _converges(server, personas.fold(history))
+    finally:
+        server.stop()
+    answered = statuses[200] + statuses[404]
+    assert answered == 300, statuses
+    reliability.record(
+        "Kafka broker SIGKILLed while projecting, then restarted",
+        f"killed {behind:,} of {len(history):,} events behind; read model equal to the fold"
+        f" {converged:.0f} s after the restart; with the broker down {answered} of 300 queries"
+        " answered from Redis",
+    )
+
+
+def test_redis_killed_while_projecting(
+    project: Path, env: Env, kafka: OwnKafka, redis_server: OwnRedis, reliability: Reliability
+) -> None:
+    history = personas.events(seed=2, count=30_000)
+    personas.publish(kafka.bootstrap, env["UPSTREAM_TOPICS"], history)
+    server = _serve(project, env, CONSUMER_MAX_BATCH="100")
+    try:
+        _projecting(server)
+        redis_server.kill()
+        down = server.get("/personas/p1")
+        live, ready = server.get("/health/live"), server.get("/health/ready")
+        time.sleep(3)
+        redis_server.start()  # with its append-only file: the last second may be lost
+        converged = _converges(server, personas.fold(history))
+    finally:
+        server.stop()
+    assert down.status_code == 503
+    assert down.json()["detail"].startswith("read model unavailable")
+    assert live.status_code == 200
+    assert ready.status_code == 503
+    assert ready.json()["checks"]["redis"].startswith("unreachable")
+    reliability.record(
+        "Redis SIGKILLed while projecting, restarted 3 s later from its append-only file",
+        f"queries meanwhile: {down.status_code} `{down.json()['detail'][:40]}...`, liveness"
+        f" {live.status_code}, readiness {ready.status_code}; read model equal to the fold"
+        f" {converged:.0f} s after the restart",
+    )
+
+
+def test_redis_restarted_empty_is_bootstrapped_again(
+    project: Path, env: Env, kafka: OwnKafka, redis_server: OwnRedis, reliability: Reliability
+) -> None:
+    first, second = personas.events(3, 20_000, 5000), personas.events(4, 5000, 5000)
+    personas.publish(kafka.bootstrap, env["UPSTREAM_TOPICS"], first)
+    server = _serve(project, env, READY_MAX_LAG="0")
+    try:
+        _converges(server, personas.fold(first))
+        assert_ok(run(project, "personabff", "snapshot", "export", env=env))
+        personas.publish(kafka.bootstrap, env["UPSTREAM_TOPICS"], second)
+        expected = personas.fold(first + second)
+        _converges(server, expected)
+
+        redis_server.kill()
+        redis_server.wipe()
+        redis_server.start(persistent=False)
+        start = time.monotonic()
+        readiness = []
+        while time.monotonic() - start < 120:
+            readiness.append(server.get("/health/ready").status_code)
+            if readiness[-1] == 200 and 503 in readiness:
+                break
+            time.sleep(0.05)
+        back = time.monotonic() - start
+        converged = _converges(server, expected, within=60)
+        metrics = server.get("/metrics").text
+    finally:
+        server.stop()
+    assert 503 in readiness and readiness[-1] == 200, Counter(readiness)
+    assert "bff_read_model_recoveries_total 1.0" in metrics
+    assert "read model lost" in server.log.read_text()
+    reliability.record(
+        "Redis restarted with nothing persisted (every key lost)",
+        f"noticed, not ready, bootstrapped from the snapshot ({len(personas.fold(first)):,}"
+        f" personas) and {len(second):,} later events; ready again after {back:.1f} s, equal to"
+        f" the fold {back + converged:.1f} s after the restart",
+    )
+
+
+def test_queries_while_projecting_at_full_speed(
+    project: Path, env: Env, kafka: OwnKafka, reliability: Reliability
+) -> None:
+    history = personas.events(seed=5, count=60_000, personas=5000)
+    personas.publish(kafka.bootstrap, env["UPSTREAM_TOPICS"], history)
+    expected = personas.fold(history)
+    server = _serve(project, env)
+
+    async def load() -> tuple[Counter[int | str], float]:
+        outcomes: Counter[int | str] = Counter()
+        done = asyncio.Event()
+
+        async def client(n: int) -> None:
+            async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+                while not done.is_set():
+                    try:
+                        response = await http.get(f"/personas/p{(n * 7919 + len(outcomes)) % 5000}")
+                        outcomes[response.status_code] += 1
+                    except httpx.HTTPError as exc:
+                        outcomes[type(exc).__name__] += 1
+
+        start = time.monotonic()
+        clients = [asyncio.create_task(client(n)) for n in range(8)]
+        await asyncio.to_thread(_converges, server, expected)
+        done.set()
+        await asyncio.gather(*clients)
+        return outcomes, time.monotonic() - start
+
+    try:
+        outcomes, seconds = asyncio.run(load())
+    finally:
+        server.stop()
+    errors = {outcome: n for outcome, n in outcomes.items() if outcome not in (200, 404)}
+    assert not errors, errors
+    queries = sum(outcomes.values())
+    reliability.record(
+        "Queries from 8 clients while projecting at full speed",
+        f"{queries:,} queries in {seconds:.0f} s ({queries / seconds:,.0f}/s) while projecting"
+        f" {len(history):,} events: {outcomes[200]:,} found, {outcomes[404]:,} not yet, 0 errors",
+    )
+
+
+CE = {"specversion": "1.0", "id": "bad", "source": "/tests", "type": "persona.created.v1"}
+GOOD = {"persona_id": "p", "name": "P", "email": "p@x.io"}
+BINARY = [("ce_specversion", b"1.0"), ("ce_id", b"1"), ("ce_source", b"/tests")]
+
+
+def _ce(**changes: Any) -> bytes:
+    return orjson.dumps({**CE, "data": GOOD, **changes})
+
+
+# (kind, value, headers, the error class its dead letter must name)
+BAD_EVENTS: list[tuple[str, bytes | None, list[tuple[str, bytes]], str]] = [
+    ("tombstone (no value)", None, [], "NotJsonError"),
+    ("binary garbage", b"\x80\x81\xfe", [], "NotJsonError"),
+    ("truncated JSON", b'{"specversion": "1.0", "id":', [], "NotJsonError"),
+    ("JSON array", b"[1, 2]", [], "NotCloudEventError"),
+    ("JSON string", b'"persona"', [], "NotCloudEventError"),
+    ("JSON number", b"42", [], "NotCloudEventError"),
+    ("JSON null", b"null", [], "NotCloudEventError"),
+    ("no specversion", _ce(specversion=None), [], "NotCloudEventError"),
+    ("specversion 0.3", _ce(specversion="0.3"), [], "NotCloudEventError"),
+    ("empty id", _ce(id=""), [], "NotCloudEventError"),
+    ("no source", orjson.dumps({k: v for k, v in CE.items() if k != "source"}), [], "NotCloudEventError"),
+    ("numeric type", _ce(type=7), [], "NotCloudEventError"),
+    ("time not a string", _ce(time=1700000000), [], "NotCloudEventError"),
+    ("binary mode without ce_type", orjson.dumps(GOOD), BINARY, "NotCloudEventError"),
+    ("binary mode, ce_ header not UTF-8", orjson.dumps(GOOD), [*BINARY, ("ce_type", b"\xff")], "NotCloudEventError"),
+    ("binary mode, value not JSON", b"\x00\x01", [*BINARY, ("ce_type", b"persona.created.v1")], "NotJsonError"),
+    ("unknown event type", _ce(type="invoice.paid.v1"), [], "UnknownEventTypeError"),
+    ("unknown version", _ce(type="persona.created.v9"), [], "UnknownEventTypeError"),
+    ("no data", orjson.dumps(CE), [], "InvalidDataError"),
+    ("data not an object", _ce(data=[1, 2]), [], "InvalidDataError"),
+    ("required field missing", _ce(data={"persona_id": "p", "name": "P"}), [], "InvalidDataError"),
+    ("empty persona_id", _ce(data={**GOOD, "persona_id": ""}), [], "InvalidDataError"),
+    ("field of the wrong type", _ce(data={**GOOD, "name": {"first": "P"}}), [], "InvalidDataError"),
+    ("v1 rename whose data cannot be upcast", _ce(type="persona.renamed.v1", data="Ann"), [], "InvalidDataError"),
+]  # fmt: skip
+
+
+def test_bad_events_are_dead_lettered_and_the_partition_moves_on(
+    project: Path, env: Env, kafka: OwnKafka, reliability: Reliability
+) -> None:
+    topic = env["UPSTREAM_TOPICS"]
+    records: list[tuple[str, bytes | None, list[tuple[str, bytes]]]] = []
+    for n, (_, value, headers, _) in enumerate(BAD_EVENTS):
+        good = {"persona_id": f"good{n}", "name": "G", "email": "g@x.io"}
+        records += [
+            ("k", value, headers),
+            ("k", personas.cloud_event("persona.created.v1", good), []),
+        ]
+    asyncio.run(_publish_with_headers(kafka.bootstrap, topic, records))
+    server = _serve(project, env)
+    try:
+        expected = {f"good{n}" for n in range(len(BAD_EVENTS))}
+        until(lambda: set(personas.read_all(server)) == expected)
+    finally:
+        server.stop()
+    listed = run(project, "personabff", "dlq", "list", env=env)
+    assert_ok(listed)
+    letters = [orjson.loads(line) for line in listed.stdout.splitlines()]
+    assert [letter["reason"]["offset"] for letter in letters] == [
+        str(2 * n) for n in range(len(BAD_EVENTS))
+    ]
+    for letter, (kind, _, _, error) in zip(letters, BAD_EVENTS, strict=True):
+        assert letter["reason"]["error.class"] == error, kind
+        assert letter["reason"]["error.message"], kind
+    reliability.record(
+        f"{len(BAD_EVENTS)} kinds of bad event, each followed by a good one on the same partition",
+        f"all {len(letters)} dead-lettered with their reason, all {len(BAD_EVENTS)} good ones"
+        " applied: " + "; ".join(f"{kind} → {error}" for kind, _, _, error in BAD_EVENTS),
+    )
+
+
+async def _publish_with_headers(
+    bootstrap: str, topic: str, records: list[tuple[str, bytes | None, list[tuple[str, bytes]]]]
+) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        for key, value, headers in records:  # one at a time: the order is the point
+            await producer.send_and_wait(topic, value, key=key.encode(), headers=headers)
+    finally:
+        await producer.stop()
+
+
+def test_bad_settings_stop_start_up_with_a_clear_error(
+    project: Path, env: Env, redis_server: OwnRedis, reliability: Reliability
+) -> None:
+    fresh = f"faults{uuid.uuid4().hex[:8]}.arcadia.identity.personabff"
+    cases = {
+        "unreachable Kafka": {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1", "KAFKA_STARTUP_TIMEOUT_S": "2"},
+        "malformed KAFKA_BOOTSTRAP_SERVERS": {"KAFKA_BOOTSTRAP_SERVERS": "kafka"},
+        "malformed REDIS_URL": {"REDIS_URL": "localhost:6379"},
+        "unreachable Redis": {"REDIS_URL": "redis://127.0.0.1:1/0"},
+        "wrong Redis password": {"REDIS_URL": redis_server.url.replace("//", "//:hunter2@")},
+        "missing topics": {"TOPIC_PREFIX": fresh},
+        "invalid topic name": {"TOPIC_PREFIX": "not a topic"},
+    }  # fmt: skip
+    messages = {}
+    for case, overrides in cases.items():
+        result = run(project, "personabff", "serve", env={**env, **overrides}, timeout=120)
+        assert result.returncode == 2, (case, result.stderr)
+        assert "Traceback" not in result.stderr, case
+        assert "hunter2" not in result.stderr, case
+        # The message, from `error:` on (log lines of the attempts may come before it).
+        message = result.stderr[result.stderr.index("error:") :].strip()
+        assert len(message.splitlines()) <= 3, (case, message)
+        messages[case] = message.replace("\n", " ")
+    for case, setting in [
+        ("unreachable Kafka", "KAFKA_BOOTSTRAP_SERVERS"),
+        ("malformed KAFKA_BOOTSTRAP_SERVERS", "KAFKA_BOOTSTRAP_SERVERS"),
+        ("malformed REDIS_URL", "REDIS_URL"),
+        ("unreachable Redis", "REDIS_URL"),
+        ("wrong Redis password", "REDIS_URL"),
+        ("missing topics", "create-topics"),
+        ("invalid topic name", "TOPIC_PREFIX"),
+    ]:
+        assert setting in messages[case], (case, messages[case])
+    reliability.record(
+        "Start-up with bad settings (exit status 2, no traceback, secrets hidden)",
+        "; ".join(f"{case}: `{message[:110]}`" for case, message in messages.items()),
+    )
