@@ -65,7 +65,7 @@ class OwnRedis:
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, *, persistent: bool = True) -> None:
+    def start(self, *, persistent: bool = True, password: str | None = None) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
             [
@@ -78,10 +78,11 @@ class OwnRedis:
                 "--appendfsync", "everysec",
                 "--hash-max-listpack-entries", "512",
                 "--hash-max-listpack-value", "1024",
+                *(["--requirepass", password] if password else []),
             ],
             stdout=subprocess.DEVNULL,
         )  # fmt: skip
-        client = redis.Redis(port=self.port)
+        client = redis.Redis(port=self.port, password=password)
         _wait(lambda: self._answers(client), "redis answering", 20)
         client.close()
 

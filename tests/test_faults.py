@@ -314,15 +314,28 @@ async def _publish_with_headers(
 
 
 def test_bad_settings_stop_start_up_with_a_clear_error(
-    project: Path, env: Env, redis_server: OwnRedis, reliability: Reliability
+    project: Path, env: Env, tmp_path: Path, reliability: Reliability
 ) -> None:
+    guarded = OwnRedis(tmp_path / "guarded")
+    guarded.start(password="s3cret")
+    try:
+        messages = _start_up_errors(project, env, guarded)
+    finally:
+        guarded.kill()
+    reliability.record(
+        "Start-up with bad settings (exit status 2, no traceback, secrets hidden)",
+        "; ".join(f"{case}: `{message[:110]}`" for case, message in messages.items()),
+    )
+
+
+def _start_up_errors(project: Path, env: Env, guarded: OwnRedis) -> dict[str, str]:
     fresh = f"faults{uuid.uuid4().hex[:8]}.arcadia.identity.personabff"
     cases = {
         "unreachable Kafka": {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1", "KAFKA_STARTUP_TIMEOUT_S": "2"},
         "malformed KAFKA_BOOTSTRAP_SERVERS": {"KAFKA_BOOTSTRAP_SERVERS": "kafka"},
         "malformed REDIS_URL": {"REDIS_URL": "localhost:6379"},
         "unreachable Redis": {"REDIS_URL": "redis://127.0.0.1:1/0"},
-        "wrong Redis password": {"REDIS_URL": redis_server.url.replace("//", "//:hunter2@")},
+        "wrong Redis password": {"REDIS_URL": guarded.url.replace("//", "//:hunter2@")},
         "missing topics": {"TOPIC_PREFIX": fresh},
         "invalid topic name": {"TOPIC_PREFIX": "not a topic"},
     }  # fmt: skip
@@ -346,7 +359,4 @@ def test_bad_settings_stop_start_up_with_a_clear_error(
         ("invalid topic name", "TOPIC_PREFIX"),
     ]:
         assert setting in messages[case], (case, messages[case])
-    reliability.record(
-        "Start-up with bad settings (exit status 2, no traceback, secrets hidden)",
-        "; ".join(f"{case}: `{message[:110]}`" for case, message in messages.items()),
-    )
+    return messages

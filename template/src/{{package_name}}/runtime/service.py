@@ -85,7 +85,8 @@ async def connect_redis(settings: ServiceSettings) -> Redis:
     except (RedisError, OSError, TimeoutError) as exc:
         await redis.aclose()
         raise StartupError(
-            f"Redis is unusable at REDIS_URL={settings.redis_url_shown}: {exc!r}"
+            f"Redis is unusable at REDIS_URL={settings.redis_url_shown}:"
+            f" {type(exc).__name__}: {exc or 'no answer'}"
         ) from exc
     return redis
 
