@@ -39,6 +39,8 @@ def services(tmp_path: Path, services_env: dict[str, str]) -> Iterator[tuple[Ser
         "REDIS_KEY_PREFIX": f"{run_id}.personaservice",
         # The persona service keeps its own view of personas from its own Fact Events.
         "UPSTREAM_TOPICS": f"{prefix}.personaservice.events",
+        # Its own rename route commands the BFF, whose example handler answers (fuzzing uses it).
+        "UPSTREAM_COMMANDS_TOPIC": f"{prefix}.personabff.commands",
     }
     bff_env = {
         **common,
@@ -118,7 +120,7 @@ def test_http_apis_keep_their_schemas_under_fuzzing(
                 Path(sys.executable).parent / "schemathesis", "--no-color", "run",
                 f"{server.url}/openapi.json",
                 "--checks", "all", "--phases", "examples,coverage,fuzzing",
-                "--max-examples", "40", "--workers", "2", "--seed", "1",
+                "--max-examples", "40", "--workers", "2", "--seed", "1", "--request-timeout", "30",
             ],
             capture_output=True,
             text=True,
