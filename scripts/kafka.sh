@@ -9,7 +9,12 @@
 # config, data and logs live in ${BFF_RUN_DIR:-~/.cache/bff-template/run}/kafka.
 # `stop` keeps the data; `clean` stops and deletes it.
 # Env: KAFKA_PORT (39092), KAFKA_CONTROLLER_PORT (39093), KAFKA_NUM_PARTITIONS (1),
-#      KAFKA_HEAP_OPTS (-Xms256m -Xmx1g), KAFKA_LOG_LEVEL (WARN).
+#      KAFKA_HEAP_OPTS (-Xms256m -Xmx1g), KAFKA_LOG_LEVEL (WARN),
+#      KAFKA_EXTRA_CONFIG: a server.properties fragment appended to the generated one (a later key
+#        wins, so it may redefine listeners, e.g. add SSL and SASL_SSL ones beside PLAINTEXT),
+#      KAFKA_FORMAT_ARGS: extra arguments, split on whitespace, to `kafka-storage format` on first
+#        start, e.g. --add-scram SCRAM-SHA-256=[name=alice,password=alice-secret].
+# The PLAINTEXT listener on KAFKA_PORT must stay: the readiness check and `topics` use it.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -113,6 +118,10 @@ share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
 EOF
+  if [[ -n ${KAFKA_EXTRA_CONFIG:-} ]]; then
+    [[ -r $KAFKA_EXTRA_CONFIG ]] || die "kafka: KAFKA_EXTRA_CONFIG=$KAFKA_EXTRA_CONFIG is not readable"
+    cat "$KAFKA_EXTRA_CONFIG" >>"$run/server.properties"
+  fi
   write_client_config
 }
 
@@ -179,8 +188,11 @@ start() {
     write_config
     if [[ ! -f $run/data/meta.properties ]]; then
       log "kafka: formatting storage in $run/data"
+      local -a format_args=()
+      read -ra format_args <<<"${KAFKA_FORMAT_ARGS:-}"
       "${java_tool[@]}" kafka.tools.StorageTool format --standalone \
-        -t "$("${java_tool[@]}" kafka.tools.StorageTool random-uuid)" -c "$run/server.properties" >/dev/null
+        -t "$("${java_tool[@]}" kafka.tools.StorageTool random-uuid)" -c "$run/server.properties" \
+        "${format_args[@]}" >/dev/null
     fi
     port_open "$port" && die "kafka: port $port is already in use by another process"
     log "kafka: starting $KAFKA_VERSION on $bootstrap (log: $logfile)"

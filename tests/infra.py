@@ -103,3 +103,105 @@ class OwnRedis:
     def wipe(self) -> None:
         """Forget everything, as a Redis without persistence does when it restarts."""
         shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+class Certificates:
+    """A throwaway CA, a server certificate for 127.0.0.1 and a client certificate, in PEM files.
+
+    The client key is encrypted with `key_password`, as a key handed out by a managed service may
+    be; the server key is not (Kafka and Redis read it unattended).
+    """
+
+    key_password = "client-key-pass"
+
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.dir = directory
+        self.ca = directory / "ca.pem"
+        _openssl(
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
+            "-keyout", "ca.key", "-out", "ca.pem", cwd=directory,
+        )  # fmt: skip
+        # Clients check the host name: the server certificate names the address they dial.
+        (directory / "server.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+        self.server_cert, self.server_key = self._issue("server", "server.ext")
+        self.client_cert, self.client_plain_key = self._issue("client", None)
+        self.client_key = directory / "client-encrypted.key"
+        _openssl(
+            "pkey", "-in", "client.key", "-aes256", "-passout", f"pass:{self.key_password}",
+            "-out", self.client_key.name, cwd=directory,
+        )  # fmt: skip
+        # Kafka reads its key and certificate from one PKCS12 keystore.
+        self.server_keystore = directory / "server.p12"
+        _openssl(
+            "pkcs12", "-export", "-in", "server.pem", "-inkey", "server.key", "-passout",
+            "pass:keystore-pass", "-out", self.server_keystore.name, cwd=directory,
+        )  # fmt: skip
+
+    def _issue(self, name: str, extensions: str | None) -> tuple[Path, Path]:
+        _openssl(
+            "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
+            "-keyout", f"{name}.key", "-out", f"{name}.csr", cwd=self.dir,
+        )  # fmt: skip
+        _openssl(
+            "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-days", "2", "-out", f"{name}.pem",
+            *(["-extfile", extensions] if extensions else []), cwd=self.dir,
+        )  # fmt: skip
+        return self.dir / f"{name}.pem", self.dir / f"{name}.key"
+
+
+class SecureKafka(OwnKafka):
+    """OwnKafka with two more listeners: SSL requiring a client certificate (mutual TLS) and
+    SASL_SSL offering PLAIN and both SCRAMs. The PLAINTEXT one stays for the test's own clients.
+
+    PLAIN users live in the listener's JAAS line; SCRAM ones are written at format time.
+    """
+
+    users = {"PLAIN": "plainuser", "SCRAM-SHA-256": "scram256user", "SCRAM-SHA-512": "scram512user"}
+
+    def __init__(self, run_dir: Path, certs: Certificates) -> None:
+        super().__init__(run_dir)
+        self.ssl_bootstrap = f"127.0.0.1:{free_port()}"
+        self.sasl_bootstrap = f"127.0.0.1:{free_port()}"
+        plain = self.bootstrap
+        controller = f"127.0.0.1:{self.env['KAFKA_CONTROLLER_PORT']}"
+        plain_user = self.users["PLAIN"]
+        fragment = run_dir / "secure.properties"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fragment.write_text(
+            f"listeners=PLAINTEXT://{plain},SSL://{self.ssl_bootstrap},"
+            f"SASL_SSL://{self.sasl_bootstrap},CONTROLLER://{controller}\n"
+            f"advertised.listeners=PLAINTEXT://{plain},SSL://{self.ssl_bootstrap},"
+            f"SASL_SSL://{self.sasl_bootstrap}\n"
+            "listener.security.protocol.map="
+            "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SSL:SSL,SASL_SSL:SASL_SSL\n"
+            "ssl.keystore.type=PKCS12\n"
+            f"ssl.keystore.location={certs.server_keystore}\n"
+            "ssl.keystore.password=keystore-pass\n"
+            "ssl.truststore.type=PEM\n"
+            f"ssl.truststore.location={certs.ca}\n"
+            "listener.name.ssl.ssl.client.auth=required\n"
+            "sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512\n"
+            "listener.name.sasl_ssl.plain.sasl.jaas.config="
+            "org.apache.kafka.common.security.plain.PlainLoginModule required"
+            f' user_{plain_user}="{self.password(plain_user)}";\n'
+            "listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config="
+            "org.apache.kafka.common.security.scram.ScramLoginModule required;\n"
+            "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config="
+            "org.apache.kafka.common.security.scram.ScramLoginModule required;\n"
+        )
+        scram = [
+            f"--add-scram {mechanism}=[name={user},password={self.password(user)}]"
+            for mechanism, user in self.users.items()
+            if mechanism.startswith("SCRAM")
+        ]
+        self.env |= {"KAFKA_EXTRA_CONFIG": str(fragment), "KAFKA_FORMAT_ARGS": " ".join(scram)}
+
+    @staticmethod
+    def password(user: str) -> str:
+        return f"{user}-secret"

@@ -7,6 +7,8 @@ import hiredis
 from redis.asyncio import Redis
 from redis.asyncio.connection import Connection, SSLConnection
 
+from .settings import ServiceSettings
+
 
 class _HiredisPacking:
     def pack_command(self, *args: Any) -> list[bytes]:
@@ -31,3 +33,20 @@ def redis_client(url: str, **options: Any) -> Redis:
     secure = url.startswith("rediss://")
     connection_class = HiredisSSLConnection if secure else HiredisConnection
     return Redis.from_url(url, connection_class=connection_class, **options)
+
+
+def tls_options(settings: ServiceSettings) -> dict[str, Any]:
+    """redis-py's TLS options from REDIS_SSL_*: for rediss:// only (a plain connection takes none).
+    The server's certificate and host name are always checked."""
+    if settings.redis_url.scheme != "rediss":
+        return {}
+    files = {
+        "ssl_ca_certs": settings.redis_ssl_ca_file,
+        "ssl_certfile": settings.redis_ssl_cert_file,
+        "ssl_keyfile": settings.redis_ssl_key_file,
+    }
+    return {
+        "ssl_cert_reqs": "required",
+        "ssl_check_hostname": True,
+        **{option: str(path) for option, path in files.items() if path is not None},
+    }

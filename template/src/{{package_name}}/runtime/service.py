@@ -10,7 +10,11 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import (
+    AuthenticationError,
+    AuthenticationWrongNumberOfArgsError,
+    RedisError,
+)
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from . import snapshot
@@ -22,7 +26,7 @@ from .progress import Progress
 from .projection import Registry
 from .projector import Projector
 from .readmodel import ReadModel, ReadModelLostError
-from .redis import redis_client
+from .redis import redis_client, tls_options
 from .settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -78,7 +82,7 @@ class Service:
 
 
 async def connect_redis(settings: ServiceSettings) -> Redis:
-    redis = redis_client(str(settings.redis_url), health_check_interval=30)
+    redis = redis_client(str(settings.redis_url), health_check_interval=30, **tls_options(settings))
     try:
         async with asyncio.timeout(REDIS_PING_TIMEOUT_S * 5):
             await redis.ping()
@@ -86,9 +90,21 @@ async def connect_redis(settings: ServiceSettings) -> Redis:
         await redis.aclose()
         raise StartupError(
             f"Redis is unusable at REDIS_URL={settings.redis_url_shown}:"
-            f" {type(exc).__name__}: {exc or 'no answer'}"
-        ) from exc
+            f" {type(exc).__name__}: {exc or 'no answer'}{_redis_hint(settings, exc)}"
+        ) from None  # the cause's traceback says no more, and may quote the URL unmasked
     return redis
+
+
+def _redis_hint(settings: ServiceSettings, exc: Exception) -> str:
+    """Which setting to check, where the error tells."""
+    if isinstance(exc, AuthenticationError | AuthenticationWrongNumberOfArgsError):
+        return " (check the user and password in REDIS_URL)"
+    if settings.redis_url.scheme == "rediss" and "SSL" in str(exc):
+        return (
+            " (check REDIS_SSL_CA_FILE, and REDIS_SSL_CERT_FILE and REDIS_SSL_KEY_FILE if Redis"
+            " requires a client certificate)"
+        )
+    return ""
 
 
 @asynccontextmanager

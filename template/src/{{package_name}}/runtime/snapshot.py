@@ -28,9 +28,9 @@ from typing import Any, cast
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
+from aiokafka.admin import RecordsToDelete
 
-from .kafka import Record, partitions_of, reached, seek, start_client
+from .kafka import Record, client_options, new_admin, partitions_of, reached, seek, start_client
 from .projection import Collection
 from .readmodel import EntityRef, ReadModel, Writes, writes_for
 from .settings import ServiceSettings
@@ -137,7 +137,7 @@ async def _positions(readmodel: ReadModel) -> dict[TopicPartition, int]:
 async def _end_offsets(
     settings: ServiceSettings, tps: list[TopicPartition]
 ) -> dict[TopicPartition, int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers)
+    consumer = AIOKafkaConsumer(**client_options(settings))
     await start_client(consumer, settings)
     try:
         return cast(dict[TopicPartition, int], await consumer.end_offsets(tps))
@@ -147,7 +147,7 @@ async def _end_offsets(
 
 async def _delete_before(settings: ServiceSettings, offsets: Mapping[TopicPartition, int]) -> None:
     """Drop the records of earlier exports (best effort: loading ignores them anyway)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    admin = new_admin(settings)
     await start_client(admin, settings)
     try:
         await admin.delete_records(
