@@ -65,13 +65,38 @@ class OwnRedis:
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, *, persistent: bool = True, password: str | None = None) -> None:
+    def start(
+        self,
+        *,
+        persistent: bool = True,
+        password: str | None = None,
+        tls: "Certificates | None" = None,
+        user: tuple[str, str] | None = None,
+    ) -> None:
+        """`tls`: only a TLS port, asking clients for a certificate; `user`: an ACL user (name,
+        password) allowed everything, and the default user disabled."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        if tls is not None:
+            self.url = f"rediss://127.0.0.1:{self.port}/0"
         self.process = subprocess.Popen(
             [
                 "redis-server",
                 "--bind", "127.0.0.1",
-                "--port", str(self.port),
+                *(["--port", "0", "--tls-port"] if tls else ["--port"]), str(self.port),
+                *(
+                    [
+                        "--tls-cert-file", str(tls.server_cert),
+                        "--tls-key-file", str(tls.server_key),
+                        "--tls-ca-cert-file", str(tls.ca),
+                        "--tls-auth-clients", "yes",
+                    ]
+                    if tls else []
+                ),
+                *(
+                    ["--user", user[0], "on", f">{user[1]}", "~*", "&*", "+@all",
+                     "--user", "default", "off"]
+                    if user else []
+                ),
                 "--dir", str(self.data_dir),
                 "--save", "",
                 "--appendonly", "yes" if persistent else "no",
@@ -82,7 +107,21 @@ class OwnRedis:
             ],
             stdout=subprocess.DEVNULL,
         )  # fmt: skip
-        client = redis.Redis(port=self.port, password=password)
+        client = redis.Redis(
+            port=self.port,
+            username=user[0] if user else None,
+            password=user[1] if user else password,
+            **(
+                {
+                    "ssl": True,
+                    "ssl_ca_certs": str(tls.ca),
+                    "ssl_certfile": str(tls.client_cert),
+                    "ssl_keyfile": str(tls.client_plain_key),
+                }
+                if tls
+                else {}
+            ),
+        )
         _wait(lambda: self._answers(client), "redis answering", 20)
         client.close()
 
