@@ -10,6 +10,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import redis
 
@@ -107,21 +108,19 @@ class OwnRedis:
             ],
             stdout=subprocess.DEVNULL,
         )  # fmt: skip
-        client = redis.Redis(
-            port=self.port,
-            username=user[0] if user else None,
-            password=user[1] if user else password,
-            **(
-                {
-                    "ssl": True,
-                    "ssl_ca_certs": str(tls.ca),
-                    "ssl_certfile": str(tls.client_cert),
-                    "ssl_keyfile": str(tls.client_plain_key),
-                }
-                if tls
-                else {}
-            ),
-        )
+        username, password = user if user else (None, password)
+        if tls is None:
+            client = redis.Redis(port=self.port, username=username, password=password)
+        else:
+            client = redis.Redis(
+                port=self.port,
+                username=username,
+                password=password,
+                ssl=True,
+                ssl_ca_certs=str(tls.ca),
+                ssl_certfile=str(tls.client_cert),
+                ssl_keyfile=str(tls.client_plain_key),
+            )
         _wait(lambda: self._answers(client), "redis answering", 20)
         client.close()
 
@@ -201,7 +200,11 @@ class SecureKafka(OwnKafka):
     PLAIN users live in the listener's JAAS line; SCRAM ones are written at format time.
     """
 
-    users = {"PLAIN": "plainuser", "SCRAM-SHA-256": "scram256user", "SCRAM-SHA-512": "scram512user"}
+    users: ClassVar[dict[str, str]] = {
+        "PLAIN": "plainuser",
+        "SCRAM-SHA-256": "scram256user",
+        "SCRAM-SHA-512": "scram512user",
+    }
 
     def __init__(self, run_dir: Path, certs: Certificates) -> None:
         super().__init__(run_dir)
