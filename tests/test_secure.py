@@ -150,6 +150,11 @@ def test_refused_credentials_stop_start_up_naming_the_setting(
             },
             "KAFKA_SSL_CERT_FILE",
         ),
+        # Found when the settings are read, before any connection.
+        "wrong key password": (
+            {**mutual, "KAFKA_SSL_KEY_PASSWORD": wrong},
+            "KAFKA_SSL_KEY_PASSWORD",
+        ),
         # A certificate that did not sign the broker's: not trusted.
         "broker certificate not trusted": (
             {**mutual, "KAFKA_SSL_CA_FILE": str(certs.client_cert)},
