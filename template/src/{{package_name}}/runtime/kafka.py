@@ -146,7 +146,7 @@ async def _diagnose(settings: ServiceSettings) -> str:
             f"Kafka does not offer KAFKA_SASL_MECHANISM={settings.kafka_sasl_mechanism}"
             " on this listener"
         ) from None
-    except KafkaConnectionError:
+    except (KafkaConnectionError, ConnectionResetError, BrokenPipeError):
         # Closed as soon as it opened: what a broker does with a client certificate it does not
         # accept (TLS 1.3 reports it only after the handshake), or with the wrong protocol. A
         # broker going down does the same, so keep retrying, and say so only when giving up.

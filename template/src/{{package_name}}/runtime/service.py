@@ -99,7 +99,10 @@ def _redis_hint(settings: ServiceSettings, exc: Exception) -> str:
     """Which setting to check, where the error tells."""
     if isinstance(exc, AuthenticationError | AuthenticationWrongNumberOfArgsError):
         return " (check the user and password in REDIS_URL)"
-    if settings.redis_url.scheme == "rediss" and "SSL" in str(exc):
+    # A TLS failure shows as an SSL error, or, when Redis's alert loses the race with its closing
+    # the socket, as a connection reset or closed right after connecting.
+    failed_after_connecting = any(sign in str(exc) for sign in ("SSL", "reset", "closed"))
+    if settings.redis_url.scheme == "rediss" and failed_after_connecting:
         return (
             " (check REDIS_SSL_CA_FILE, and REDIS_SSL_CERT_FILE and REDIS_SSL_KEY_FILE if Redis"
             " requires a client certificate)"
