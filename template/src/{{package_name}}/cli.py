@@ -1,7 +1,6 @@
 """Command line: `python -m <package> serve` and friends."""
 
 import asyncio
-import logging
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any, TypeVar
@@ -15,7 +14,7 @@ from rich.progress import MofNCompleteColumn, Progress, TransferSpeedColumn
 
 from .app import create_app
 from .projections import REGISTRY
-from .runtime import ops, service
+from .runtime import logs, ops, service, tracing
 from .runtime.errors import StartupError
 from .runtime.kafka import create_topics, missing_topics, new_producer, own_topics, start_client
 from .settings import Settings
@@ -65,14 +64,14 @@ def serve(
 ) -> None:
     """Serve the API and run the consumers."""
     settings = load_settings()
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    logs.configure(settings.log_level, settings.log_format)
+    tracing.configure(settings.service_name)
     _run_job(_preflight(settings))
     uvicorn.run(
         create_app(settings),
         host=host or settings.http_host,
         port=port or settings.http_port,
+        log_config=None,  # uvicorn's loggers go through the root handler logs.configure set up
         log_level=settings.log_level.lower(),
     )
 
