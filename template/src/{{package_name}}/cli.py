@@ -80,10 +80,14 @@ def serve(
 def create_topics_command(
     partitions: Annotated[int, typer.Option(min=1, help="Partitions of each new topic")] = 3,
     replication: Annotated[int, typer.Option(min=1, help="Replication factor")] = 1,
+    with_upstream: Annotated[
+        bool,
+        typer.Option(help="Also the upstream topics: for local set-ups, where nobody else does"),
+    ] = False,
 ) -> None:
     """Create this service's own topics where they are missing (upstream topics are not ours)."""
     settings = load_settings()
-    topics = own_topics(settings)
+    topics = own_topics(settings) + (settings.upstream_topics if with_upstream else [])
     created = _run_job(
         create_topics(settings, topics, partitions=partitions, replication=replication)
     )
