@@ -21,9 +21,9 @@ def _yaml(path: Path) -> Any:
 
 
 def test_dockerfile_builds_a_non_root_image_of_the_package(tmp_path: Path) -> None:
-    project = render(tmp_path / "invoicebff", service_name="invoicebff", python_version="3.12")
+    project = render(tmp_path / "invoicebff", service_name="invoicebff")
     dockerfile = (project / "Dockerfile").read_text().splitlines()
-    assert "ARG PYTHON_VERSION=3.12" in dockerfile
+    assert "ARG PYTHON_VERSION=3.11" in dockerfile  # the default answer
     stages = [line for line in dockerfile if line.startswith("FROM ")]
     assert stages == [
         "FROM python:${PYTHON_VERSION}-slim AS build",
