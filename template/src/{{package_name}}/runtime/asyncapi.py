@@ -179,7 +179,7 @@ class _Document:
         messages = {}
         for message_id, (event_type, model, note) in sorted(self.messages.items()):
             message: dict[str, Any] = {"name": event_type, "title": event_type}
-            summary = (model.__doc__ or "").strip().splitlines()[0] if model else ""
+            summary = next(iter((model and model.__doc__ or "").strip().splitlines()), "")
             if summary:
                 message["summary"] = summary
             description = "The `data` of a CloudEvent of this `type`. " + note
