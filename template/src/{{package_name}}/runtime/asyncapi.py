@@ -179,7 +179,8 @@ class _Document:
         messages = {}
         for message_id, (event_type, model, note) in sorted(self.messages.items()):
             message: dict[str, Any] = {"name": event_type, "title": event_type}
-            summary = next(iter((model and model.__doc__ or "").strip().splitlines()), "")
+            docstring = (model.__doc__ or "") if model else ""
+            summary = next(iter(docstring.strip().splitlines()), "")
             if summary:
                 message["summary"] = summary
             description = "The `data` of a CloudEvent of this `type`. " + note
