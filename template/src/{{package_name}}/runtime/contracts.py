@@ -125,10 +125,10 @@ class _Comparison:
             self.schema(old_items["items"], new_items["items"], f"{where}[]")
 
     def objects(self, old: Any, new: Any, where: str) -> None:
-        if old is None or new is None:
+        old_fields, new_fields = _mapping(old, "properties"), _mapping(new, "properties")
+        if old_fields is None or new_fields is None:
             return
-        old_fields, new_fields = old["properties"], new["properties"]
-        old_required, new_required = set(old.get("required", [])), set(new.get("required", []))
+        old_required, new_required = _required(old), _required(new)
         for name in old_fields:
             path = f"{where}.{name}" if where else name
             if name not in new_fields:
@@ -153,7 +153,7 @@ def _resolve(schema: Any, root: Mapping[str, Any]) -> Any:
     for _ in range(64):  # a chain of references, never a loop of them
         if not (isinstance(schema, dict) and str(schema.get("$ref", "")).startswith(DEFS)):
             break
-        schema = root.get("$defs", {}).get(schema["$ref"].removeprefix(DEFS), {})
+        schema = (_mapping(root, "$defs") or {}).get(schema["$ref"].removeprefix(DEFS), {})
     return schema
 
 
@@ -162,7 +162,7 @@ def _branches(schema: Any, root: Mapping[str, Any]) -> list[Any]:
     if not isinstance(schema, dict):
         return [schema]
     alternatives = schema.get("anyOf") or schema.get("oneOf")
-    if not alternatives:
+    if not isinstance(alternatives, list) or not alternatives:
         return [schema]
     return [b for a in alternatives for b in _branches(_resolve(a, root), root)]
 
@@ -178,11 +178,13 @@ def _types(branches: list[Any]) -> frozenset[str] | None:
             declared = "object"
         if declared is None and "const" in branch:
             declared = _json_type(branch["const"])
-        if declared is None and "enum" in branch:
+        if declared is None and isinstance(branch.get("enum"), list):
             declared = sorted({_json_type(value) for value in branch["enum"]})
-        if declared is None:
+        if isinstance(declared, str):
+            declared = [declared]
+        if not isinstance(declared, list):
             return None
-        types.update([declared] if isinstance(declared, str) else declared)
+        types.update(str(name) for name in declared)
     return frozenset(types)
 
 
@@ -194,7 +196,7 @@ def _enum(branches: list[Any]) -> frozenset[str] | None:
             continue
         if not isinstance(branch, dict) or not ("enum" in branch or "const" in branch):
             return None
-        listed = branch["enum"] if "enum" in branch else [branch["const"]]
+        listed = branch["enum"] if isinstance(branch.get("enum"), list) else [branch.get("const")]
         values.update(orjson.dumps(value).decode() for value in listed)
     return frozenset(values)
 
@@ -203,6 +205,21 @@ def _only(branches: list[Any], key: str) -> Any:
     """The one branch that has `key`; None when there is none, or several to choose from."""
     having = [b for b in branches if isinstance(b, dict) and key in b]
     return having[0] if len(having) == 1 else None
+
+
+def _mapping(schema: Any, key: str) -> dict[str, Any] | None:
+    """schema[key] when both are JSON objects (a hand-edited baseline may hold anything)."""
+    value = schema.get(key) if isinstance(schema, dict) else None
+    return value if isinstance(value, dict) else None
+
+
+def _required(schema: Mapping[str, Any]) -> set[str]:
+    required = schema.get("required")
+    return (
+        {name for name in required if isinstance(name, str)}
+        if isinstance(required, list)
+        else set()
+    )
 
 
 def _json_type(value: Any) -> str:
