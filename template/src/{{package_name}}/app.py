@@ -29,7 +29,7 @@ def create_app(
     send (tests pass their own)."""
     settings = settings or Settings()
     # Built once, up front: contracts that contradict each other stop the app from starting.
-    contracts = asyncapi.document(settings, registry, handlers, commands)
+    contracts = contracts_document(settings, registry, handlers, commands)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -58,6 +58,16 @@ def create_app(
         return JSONResponse(contracts)
 
     return app
+
+
+def contracts_document(
+    settings: Settings,
+    registry: Registry = REGISTRY,
+    handlers: Handlers = HANDLERS,
+    commands: Sequence[OutgoingCommand[Any]] = api.COMMANDS,
+) -> dict[str, Any]:
+    """The AsyncAPI 3.0 document of the service's contracts (GET /asyncapi.json)."""
+    return asyncapi.document(settings, registry, handlers, commands)
 
 
 async def _read_model_unavailable(request: Request, exc: Exception) -> JSONResponse:

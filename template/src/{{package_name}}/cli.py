@@ -14,12 +14,10 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import MofNCompleteColumn, Progress, TransferSpeedColumn
 
-from . import api
 from . import contracts as contracts_package
-from .app import create_app
-from .handlers import HANDLERS
+from .app import contracts_document, create_app
 from .projections import REGISTRY
-from .runtime import asyncapi, ops, service
+from .runtime import ops, service
 from .runtime.contracts import BaselineError, compare, load_baseline, messages, write_baseline
 from .runtime.errors import StartupError
 from .runtime.kafka import create_topics, missing_topics, new_producer, own_topics, start_client
@@ -154,7 +152,7 @@ BaselineOption = Annotated[Path, typer.Option(help="The committed baseline of th
 
 
 def _document() -> dict[str, Any]:
-    return asyncapi.document(load_settings(), REGISTRY, HANDLERS, api.COMMANDS)
+    return contracts_document(load_settings())
 
 
 @contracts.command("asyncapi")
