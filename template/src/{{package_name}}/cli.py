@@ -164,13 +164,15 @@ def contracts_asyncapi(
     if output is None:
         typer.echo(text, nl=False)
     else:
-        output.write_text(text)
+        with _writing(output):
+            output.write_text(text)
 
 
 @contracts.command("baseline")
 def contracts_baseline(baseline: BaselineOption = BASELINE) -> None:
     """Accept the current contracts: write them as the baseline `check` compares with."""
-    write_baseline(baseline, messages(_document()))
+    with _writing(baseline):
+        write_baseline(baseline, messages(_document()))
     typer.echo(f"wrote {baseline}")
 
 
@@ -195,6 +197,16 @@ def contracts_check(baseline: BaselineOption = BASELINE) -> None:
         )
         raise typer.Exit(code=1)
     typer.echo("contracts are compatible with the baseline")
+
+
+@contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """A file that cannot be written stops the command naming it, without a traceback."""
+    try:
+        yield
+    except OSError as exc:
+        typer.echo(f"error: cannot write {path}: {exc.strerror or exc}", err=True)
+        raise typer.Exit(code=2) from None
 
 
 @contextmanager
