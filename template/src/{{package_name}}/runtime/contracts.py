@@ -63,7 +63,7 @@ def load_baseline(path: Path) -> dict[str, Any]:
         raise BaselineError(f"{path} is not JSON: {exc}") from None
     found = baseline.get("messages") if isinstance(baseline, dict) else None
     if not isinstance(found, dict) or not all(isinstance(s, dict) for s in found.values()):
-        raise BaselineError(f"{path} is not a contract baseline: expected {{'messages': {{...}}}}")
+        raise BaselineError(f"{path} is not a contract baseline: no `messages` object in it")
     return found
 
 
