@@ -45,6 +45,11 @@ def document(
         for u in registry.upcasters()
     ]
     consumed += [(t, None, "Received and skipped.") for t in sorted(registry.ignored)]
+    # Every contract is a message whatever the settings say, so `contracts check` does not depend
+    # on the environment it runs in: UPSTREAM_TOPICS and PIPELINE_RESULTS only place them.
+    declared = [*consumed, *((*fact, "") for h in handlers for fact in h.results.items())]
+    for message in declared:
+        doc.message(None, *message)
     for topic in settings.upstream_topics:
         doc.channel(topic, "Upstream Fact Events this service projects into its read model.")
         ids = [doc.message(topic, *message) for message in consumed]
@@ -127,9 +132,9 @@ class _Document:
             }
 
     def message(
-        self, address: str, event_type: str, model: type[BaseModel] | None, note: str
+        self, address: str | None, event_type: str, model: type[BaseModel] | None, note: str
     ) -> str:
-        """Add the message to the channel at `address`; returns its id."""
+        """Add the message to the components and to the channel at `address`; returns its id."""
         message_id = _id(event_type)
         known = self.messages.get(message_id)
         if known is not None and None not in (known[1], model) and known[1] is not model:
@@ -139,8 +144,9 @@ class _Document:
             )
         if known is None or known[1] is None:
             self.messages[message_id] = (event_type, model, note)
-        channel = self.channels[_id(address)]
-        channel["messages"][message_id] = {"$ref": f"#/components/messages/{message_id}"}
+        if address is not None:
+            channel = self.channels[_id(address)]
+            channel["messages"][message_id] = {"$ref": f"#/components/messages/{message_id}"}
         return message_id
 
     def operation(
