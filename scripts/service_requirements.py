@@ -1,4 +1,4 @@
-"""Print the requirements of a service generated with default answers, one per line.
+"""Print the requirements of a service generated with default answers, extras included, one per line.
 
 The template repository's shared environment installs these once, so every rendered variant can be
 linted, type-checked and tested without an install of its own.
@@ -18,7 +18,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         run_copy(str(ROOT), tmp, defaults=True, vcs_ref="HEAD", quiet=True)
         project = tomllib.loads((Path(tmp) / "pyproject.toml").read_text())["project"]
-    requirements = [*project["dependencies"], *project["optional-dependencies"]["dev"]]
+    extras = project["optional-dependencies"]
+    requirements = [*project["dependencies"], *(dep for deps in extras.values() for dep in deps)]
     sys.stdout.write("\n".join(requirements) + "\n")
 
 

@@ -14,8 +14,10 @@ from .projections import REGISTRY
 from .runtime import asyncapi, health, metrics, service, status
 from .runtime.commands import OutgoingCommand
 from .runtime.handling import Handlers
+from .runtime.instruments import Instruments
 from .runtime.projection import Registry
 from .runtime.readmodel import InvalidCursorError
+from .runtime.telemetry import HttpTelemetry
 from .settings import Settings
 
 
@@ -28,12 +30,13 @@ def create_app(
     """The app; `registry` and `handlers` are what its consumers run, `commands` what its routes
     send (tests pass their own)."""
     settings = settings or Settings()
+    instruments = Instruments()
     # Built once, up front: contracts that contradict each other stop the app from starting.
     contracts = contracts_document(settings, registry, handlers, commands)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with service.running(settings, registry, handlers) as running:
+        async with service.running(settings, registry, handlers, instruments) as running:
             app.state.service = running
             app.state.metrics = metrics.registry_for(running)
             yield
@@ -44,6 +47,7 @@ def create_app(
         # FastAPI answers 400 itself to a body it cannot parse (and _bad_cursor to a bad cursor).
         responses={400: {"description": "Malformed request"}},
     )
+    app.add_middleware(HttpTelemetry, instruments=instruments)
     app.add_exception_handler(RedisError, _read_model_unavailable)
     app.add_exception_handler(InvalidCursorError, _bad_cursor)
     app.include_router(health.router)

@@ -1,7 +1,6 @@
 """Command line: `python -m <package> serve` and friends."""
 
 import asyncio
-import logging
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,7 +16,7 @@ from rich.progress import MofNCompleteColumn, Progress, TransferSpeedColumn
 from . import contracts as contracts_package
 from .app import contracts_document, create_app
 from .projections import REGISTRY
-from .runtime import ops, service
+from .runtime import logs, ops, service, tracing
 from .runtime.contracts import BaselineError, compare, load_baseline, messages, write_baseline
 from .runtime.errors import StartupError
 from .runtime.kafka import create_topics, missing_topics, new_producer, own_topics, start_client
@@ -68,14 +67,14 @@ def serve(
 ) -> None:
     """Serve the API and run the consumers."""
     settings = load_settings()
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    logs.configure(settings.log_level, settings.log_format)
+    tracing.configure(settings.service_name)
     _run_job(_preflight(settings))
     uvicorn.run(
         create_app(settings),
         host=host or settings.http_host,
         port=port or settings.http_port,
+        log_config=None,  # uvicorn's loggers go through the root handler logs.configure set up
         log_level=settings.log_level.lower(),
     )
 
@@ -84,10 +83,14 @@ def serve(
 def create_topics_command(
     partitions: Annotated[int, typer.Option(min=1, help="Partitions of each new topic")] = 3,
     replication: Annotated[int, typer.Option(min=1, help="Replication factor")] = 1,
+    with_upstream: Annotated[
+        bool,
+        typer.Option(help="Also the upstream topics: for local set-ups, where nobody else does"),
+    ] = False,
 ) -> None:
     """Create this service's own topics where they are missing (upstream topics are not ours)."""
     settings = load_settings()
-    topics = own_topics(settings)
+    topics = own_topics(settings) + (settings.upstream_topics if with_upstream else [])
     created = _run_job(
         create_topics(settings, topics, partitions=partitions, replication=replication)
     )

@@ -26,9 +26,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from pydantic import BaseModel, ConfigDict, ValidationError
 from redis.exceptions import RedisError
 
-from . import deadletter
+from . import deadletter, tracing
 from .deadletter import DeadLetter
 from .events import CloudEvent, InvalidEventError, decode
+from .instruments import Instruments
 from .kafka import Record
 from .loop import consume_each
 from .projection import UnknownEventTypeError
@@ -58,14 +59,15 @@ redis.call('PUBLISH', KEYS[2], ARGV[6])
 return 'completed'
 """
 
-# Marks a pending command whose deadline has passed as timed out.
+# Marks a pending command whose deadline has passed as timed out; 1 if it did.
 _EXPIRE = """
 if redis.call('HGET', KEYS[1], 'status') == 'pending'
    and tonumber(ARGV[1]) > tonumber(redis.call('HGET', KEYS[1], 'deadline')) then
   redis.call('HSET', KEYS[1], 'status', 'timed_out')
   redis.call('PUBLISH', KEYS[2], ARGV[2])
+  return 1
 end
-return redis.call('HGET', KEYS[1], 'status')
+return 0
 """
 
 
@@ -141,6 +143,7 @@ class CommandBus:
         reply_topic: str,
         timeout_s: float,
         retention_s: int,
+        instruments: Instruments | None = None,
     ) -> None:
         redis = self._redis = readmodel.redis
         self._readmodel = readmodel
@@ -153,6 +156,7 @@ class CommandBus:
         self._expire = redis.register_script(_EXPIRE)
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self.replies: Counter[str] = Counter()  # completed, duplicate, late, unknown
+        self._instruments = instruments or Instruments()
 
     @property
     def channel(self) -> str:
@@ -196,12 +200,16 @@ class CommandBus:
             data=data.model_dump(mode="json"),
             extensions={"correlationid": correlation_id, "replyto": self._reply_topic},
         )
-        await self._producer.send_and_wait(topic, event.to_json(), key=key.encode())
+        await self._producer.send_and_wait(
+            topic, event.to_json(), key=key.encode(), headers=tracing.headers()
+        )
+        self._instruments.commands_sent.labels(command_type).inc()
         return SentCommand(command_id, correlation_id)
 
     async def status(self, command_id: str) -> CommandStatus | None:
         key = self._key(command_id)
-        await self._expire(keys=[key, self.channel], args=[repr(time.time()), command_id])
+        if await self._expire(keys=[key, self.channel], args=[repr(time.time()), command_id]):
+            self._instruments.command_outcomes.labels("timed_out").inc()
         fields = cast(dict[bytes, bytes], await self._redis.hgetall(key))
         if not fields:
             return None
@@ -254,6 +262,9 @@ class CommandBus:
                 )
             ).decode()
         self.replies[outcome] += 1
+        self._instruments.command_replies.labels(outcome).inc()
+        if outcome == "completed":
+            self._instruments.command_outcomes.labels(data.status).inc()
         if outcome != "completed":
             log.warning("%s reply %s for command %s", outcome, reply.id, command_id)
         return outcome

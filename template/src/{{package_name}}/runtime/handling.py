@@ -22,10 +22,11 @@ from typing import Any, Generic, TypeVar
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from pydantic import BaseModel, ValidationError
 
-from . import deadletter
+from . import deadletter, logs, tracing
 from .commands import REPLY_TYPE, Reply
 from .deadletter import DeadLetter
 from .events import CloudEvent, InvalidEventError, decode
+from .instruments import Instruments
 from .kafka import Record
 from .loop import consume_each
 from .projection import InvalidDataError, UnknownEventTypeError
@@ -134,8 +135,10 @@ class CommandWorker:
         handled_retention_s: int,
         handler_attempts: int = 3,
         retry_backoff_s: float = 0.05,
+        instruments: Instruments | None = None,
     ) -> None:
         self._consumer = consumer
+        self._instruments = instruments or Instruments()
         self._producer = producer
         self._readmodel = readmodel
         self._handlers = handlers
@@ -158,24 +161,38 @@ class CommandWorker:
             envelope = decode(record.value, record.headers)
         except InvalidEventError as exc:
             await deadletter.publish(self._producer, self._dlq_topic, [DeadLetter(record, exc)])
+            self._instruments.commands_handled.labels("", "dead_lettered").inc()
             return
+        correlation_id = envelope.extensions.get("correlationid", envelope.id)
+        with (
+            tracing.consuming(f"handle {envelope.type}", record.headers),
+            logs.handling(envelope.id, correlation_id),
+        ):
+            self._instruments.commands_handled.labels(
+                envelope.type, await self._handle_command(record, envelope)
+            ).inc()
+
+    async def _handle_command(self, record: Record, envelope: CloudEvent) -> str:
+        """Handle a command and answer it; returns the outcome."""
         if await self._readmodel.redis.exists(self._handled_key(envelope.id)):
             log.info("command %s was handled already", envelope.id)
-            return
+            return "duplicate"
         outcome: Outcome | None = None
         error: str | None = None
+        result = "succeeded"
         try:
             outcome = await self._run_handler(envelope)
         except CommandRejected as exc:
-            error = str(exc)
+            error, result = str(exc), "rejected"
         except _Undeliverable as exc:
             letter = DeadLetter(record, exc.cause, attempts=exc.attempts)
             await deadletter.publish(self._producer, self._dlq_topic, [letter])
-            error = f"{type(exc.cause).__name__}: {exc.cause}"
+            error, result = f"{type(exc.cause).__name__}: {exc.cause}", "dead_lettered"
         await self._publish(envelope, outcome, error)
         await self._readmodel.redis.set(
             self._handled_key(envelope.id), b"1", ex=self._handled_retention_s
         )
+        return result
 
     async def _run_handler(self, envelope: CloudEvent) -> Outcome:
         handler = self._handlers.get(envelope.type)
@@ -235,7 +252,9 @@ class CommandWorker:
                     extensions=_correlation(command),
                 )
                 sent.append(
-                    await self._producer.send(topic, event.to_json(), key=fact.key.encode())
+                    await self._producer.send(
+                        topic, event.to_json(), key=fact.key.encode(), headers=tracing.headers()
+                    )
                 )
         reply_to = command.extensions.get("replyto")
         if reply_to:
@@ -254,7 +273,11 @@ class CommandWorker:
                 extensions={**_correlation(command), "causationid": command.id},
             )
             key = (command.subject or command.id).encode()
-            sent.append(await self._producer.send(reply_to, event.to_json(), key=key))
+            sent.append(
+                await self._producer.send(
+                    reply_to, event.to_json(), key=key, headers=tracing.headers()
+                )
+            )
         await asyncio.gather(*sent)
 
 

@@ -1,8 +1,5 @@
-"""`GET /metrics` in the Prometheus text format, read from the running service at scrape time.
-
-A registry per app (no process-wide default registry), so several apps in one process, as in
-tests, never collide.
-"""
+"""`GET /metrics` in the Prometheus text format: the service's instruments (instruments.py), plus
+gauges read from the running service at scrape time."""
 
 from collections.abc import Iterator
 
@@ -30,38 +27,31 @@ class ServiceCollector(Collector):
         bootstrap.add_metric(["total"], progress.total)
         yield bootstrap
         yield GaugeMetricFamily(
-            "bff_bootstrap_finished",
-            "1 once the first-start bootstrap is done",
-            int(progress.finished),
+            "bff_bootstrap_finished", "1 once the bootstrap is done", int(progress.finished)
         )
+        rebuild = GaugeMetricFamily(
+            "bff_rebuild_records", "Records replayed by a running rebuild", labels=["of"]
+        )
+        for of, records in service.rebuild.items():
+            rebuild.add_metric([of], records)
+        yield rebuild
         yield CounterMetricFamily(
             "bff_read_model_recoveries",
             "Times the read model was found gone from Redis and bootstrapped again",
             service.recoveries,
         )
-        projector = service.projector
-        if projector is not None:
-            yield CounterMetricFamily("bff_events_applied", "Events applied", projector.applied)
-            yield CounterMetricFamily(
-                "bff_dead_letters", "Events sent to the dead-letter topic", projector.dead_lettered
-            )
+        if service.projector is not None:
             lag = GaugeMetricFamily(
                 "bff_consumer_lag", "Records behind, per partition", labels=["partition"]
             )
-            for partition, behind in projector.lag().items():
+            for partition, behind in service.projector.lag().items():
                 if behind is not None:
                     lag.add_metric([partition], behind)
             yield lag
-        replies = CounterMetricFamily(
-            "bff_command_replies", "Replies by outcome", labels=["outcome"]
-        )
-        for outcome, count in service.commands.replies.items():
-            replies.add_metric([outcome], count)
-        yield replies
 
 
 def registry_for(service: Service) -> CollectorRegistry:
-    registry = CollectorRegistry(auto_describe=False)
+    registry = service.instruments.registry
     registry.register(ServiceCollector(service))
     return registry
 

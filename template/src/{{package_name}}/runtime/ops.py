@@ -148,6 +148,14 @@ async def rebuild(
         lock = live.key("rebuilding")
         if not await live.redis.set(lock, building.version, nx=True, ex=24 * 3600):
             raise RuntimeError("another rebuild is running")
+        done_of_total = [0, 0]
+
+        def report(done: int, total: int) -> None:
+            done_of_total[:] = done, total
+            if progress is not None:
+                progress(done, total)
+
+        publishing = asyncio.create_task(_publish_progress(live, done_of_total))
         try:
             await building.drop()  # what a crashed rebuild may have left
             with suppress(StartupError):  # no data topic: replay the upstream topics alone
@@ -173,7 +181,7 @@ async def rebuild(
             await replay.on_partitions_assigned(tps)
             for _round in range(CATCH_UP_ROUNDS):  # live events keep coming: catch up, then swap
                 end: dict[TopicPartition, int] = await c.consumer.end_offsets(tps)
-                await replay.run(until=end, progress=progress)
+                await replay.run(until=end, progress=report)
                 latest: dict[TopicPartition, int] = await c.consumer.end_offsets(tps)
                 if sum(latest.values()) - sum(end.values()) <= settings.ready_max_lag:
                     break
@@ -182,4 +190,14 @@ async def rebuild(
             await live.at(old).drop()
             return building.version
         finally:
-            await live.redis.delete(lock)
+            publishing.cancel()
+            await live.redis.delete(lock, live.key("rebuild"))
+
+
+async def _publish_progress(live: ReadModel, done_of_total: list[int]) -> None:
+    """Every second, where the rebuild is, for the running instances' /metrics."""
+    while True:
+        done, total = done_of_total
+        await live.redis.hset(live.key("rebuild"), mapping={"done": done, "total": total})
+        await live.redis.expire(live.key("rebuild"), 60)  # gone soon if this job dies
+        await asyncio.sleep(1.0)

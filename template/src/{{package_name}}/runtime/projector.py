@@ -8,6 +8,8 @@ has already applied are skipped, so a re-delivered batch changes nothing.
 
 import asyncio
 import logging
+import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -16,9 +18,10 @@ from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
-from . import deadletter
+from . import deadletter, logs
 from .deadletter import DeadLetter
 from .events import InvalidEventError, decode
+from .instruments import Instruments
 from .kafka import Record, reached, seek
 from .projection import Change, Registry
 from .readmodel import EntityRef, ReadModel, ReadModelLostError, Writes, writes_for
@@ -43,6 +46,7 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
         retry_backoff_s: float = 0.05,
         mirror_to_kafka: bool = True,
         replay: bool = False,
+        instruments: Instruments | None = None,
     ) -> None:
         self.consumer = consumer
         self._producer = producer
@@ -57,6 +61,7 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
         # A replay (rebuild) re-reads events that were dead-lettered when first consumed: it
         # counts them again but publishes nothing.
         self._replay = replay
+        self._instruments = instruments or Instruments()
         # Per assigned partition: the position this process last read from or wrote to Redis.
         self._positions: dict[TopicPartition, int | None] = {}
         # Held while a batch is in hand, so a rebalance waits for it to finish.
@@ -184,11 +189,15 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
         if not records:
             return {}
 
+        started = time.perf_counter()
         rejected: list[DeadLetter] = []
         work: list[tuple[Record, list[Change]]] = []
+        applied: Counter[tuple[str, str]] = Counter()
         for record in records:
             try:
-                work.append((record, self._registry.changes(decode(record.value, record.headers))))
+                envelope = decode(record.value, record.headers)
+                work.append((record, self._registry.changes(envelope)))
+                applied[record.topic, envelope.type] += 1
             except InvalidEventError as exc:
                 rejected.append(DeadLetter(record, exc))
         await self._dead_letter(rejected)
@@ -202,6 +211,11 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
             self._positions.update(new)
             self.applied += len(work)
             self.dead_lettered += len(rejected)
+            instruments = self._instruments
+            for (topic, event_type), count in applied.items():
+                instruments.events_applied.labels(topic, event_type).inc(count)
+            instruments.batch_seconds.observe(time.perf_counter() - started)
+            instruments.batch_events.observe(len(records))
             return new
         log.warning("partitions moved on or version swapped; re-seeking %s", sorted(expected))
         await self._seek_to_stored(list(expected))
@@ -235,6 +249,9 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
     async def _dead_letter(self, letters: list[DeadLetter]) -> None:
         if letters and not self._replay:
             await deadletter.publish(self._producer, self._dlq_topic, letters)
+            for letter in letters:
+                error = type(letter.error).__name__
+                self._instruments.dead_letters.labels(letter.record.topic, error).inc()
 
     async def _retry(
         self, record: Record, changes: list[Change], states: dict[EntityRef, Any], error: Exception
@@ -242,7 +259,8 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
         """Apply a failed event's changes again, all or none; dead-letter it if it keeps failing."""
         attempt = 1
         while attempt < self._handler_attempts:
-            log.warning("projecting %s failed (attempt %d): %r", _where(record), attempt, error)
+            with logs.handling(changes[0].event.id if changes else _where(record)):
+                log.warning("projecting %s failed (attempt %d): %r", _where(record), attempt, error)
             await asyncio.sleep(self._retry_backoff_s * 2 ** (attempt - 1))
             attempt += 1
             try:

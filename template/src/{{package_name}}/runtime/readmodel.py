@@ -1,7 +1,7 @@
 """The Redis read model: entities, their lookups and the consumer positions that produced them.
 
-Key layout (all keys share the hash tag `{<prefix>}`, so one MULTI/EXEC may touch any of them, also
-on Redis Cluster, where they all live in one slot):
+Key layout (all keys share the hash tag `{<prefix>}`, so one script may touch any of them, also on
+Redis Cluster, where they all live in one slot):
 
     {<prefix>}:version                          the version queries read (a rebuild swaps it)
     {<prefix>}:freeze                           present while a snapshot export reads the model

@@ -5,7 +5,7 @@ import logging
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
@@ -17,6 +17,7 @@ from . import snapshot
 from .commands import CommandBus
 from .errors import StartupError
 from .handling import CommandWorker, Handlers
+from .instruments import Instruments
 from .kafka import new_consumer, new_producer, start_client
 from .progress import Progress
 from .projection import Registry
@@ -36,11 +37,13 @@ class Service:
     settings: ServiceSettings
     readmodel: ReadModel  # what queries read: follows the version pointer
     commands: CommandBus
+    instruments: Instruments
     bootstrap: Progress = field(default_factory=lambda: Progress("bootstrap"))
     projector: Projector | None = None
     tasks: list["asyncio.Task[None]"] = field(default_factory=list)
     caught_up: bool = False  # once true, Kafka lag no longer takes this instance out of service
     recoveries: int = 0  # times the read model was found gone from Redis and bootstrapped again
+    rebuild: dict[str, int] = field(default_factory=dict)  # a running rebuild's done/total
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Whether to send this instance traffic, with the state of each component.
@@ -93,7 +96,10 @@ async def connect_redis(settings: ServiceSettings) -> Redis:
 
 @asynccontextmanager
 async def running(
-    settings: ServiceSettings, registry: Registry, handlers: Handlers | None = None
+    settings: ServiceSettings,
+    registry: Registry,
+    handlers: Handlers | None = None,
+    instruments: Instruments | None = None,
 ) -> AsyncIterator[Service]:
     """Start Redis, the Kafka clients and the consumers; on exit stop them in reverse order.
 
@@ -109,6 +115,7 @@ async def running(
         await start_client(producer, settings)
         stack.push_async_callback(producer.stop)
 
+        instruments = instruments or Instruments()
         bus = CommandBus(
             readmodel,
             producer,
@@ -116,8 +123,9 @@ async def running(
             reply_topic=settings.reply_topic,
             timeout_s=settings.command_timeout_s,
             retention_s=settings.command_retention_s,
+            instruments=instruments,
         )
-        service = Service(settings, readmodel, bus)
+        service = Service(settings, readmodel, bus, instruments)
         stopping = asyncio.Event()
 
         async def subscribed(consumer: AIOKafkaConsumer, topics: list[str]) -> AIOKafkaConsumer:
@@ -140,6 +148,7 @@ async def running(
                 dlq_topic=settings.dlq_topic,
                 max_batch=settings.consumer_max_batch,
                 poll_timeout_ms=settings.consumer_poll_timeout_ms,
+                instruments=instruments,
             )
             stack.push_async_callback(consumer.stop)  # started once the bootstrap is done
         worker = CommandWorker(
@@ -152,6 +161,7 @@ async def running(
             results_topic=settings.results_topic if settings.pipeline_results else None,
             dlq_topic=settings.dlq_topic,
             handled_retention_s=settings.command_retention_s,
+            instruments=instruments,
         )
         replies = await subscribed(group(".replies"), [settings.reply_topic])
 
@@ -168,7 +178,7 @@ async def running(
             stack.callback(projector.stop)
             service.projector = projector
         keep("projector", _go_live(settings, registry, service, projector))
-        keep("version", _follow_version(readmodel, stopping))
+        keep("version", _follow_version(service, stopping))
         keep("commands", worker.run(stopping))
         keep("replies", bus.consume_replies(replies, settings.dlq_topic, stopping))
         keep("completions", bus.listen(stopping))
@@ -241,12 +251,17 @@ async def _bootstrap(settings: ServiceSettings, registry: Registry, service: Ser
     service.bootstrap.finished = True
 
 
-async def _follow_version(readmodel: ReadModel, stopping: asyncio.Event) -> None:
-    """Keep queries on the live version: a rebuild swaps it (and deletes the old one soon after)."""
+async def _follow_version(service: Service, stopping: asyncio.Event) -> None:
+    """Keep queries on the live version: a rebuild swaps it (and deletes the old one soon after).
+    Also follows a running rebuild's progress, for /metrics."""
+    readmodel = service.readmodel
     while not stopping.is_set():
         try:
             if await readmodel.refresh():
                 log.info("queries now read version %d", readmodel.version)
+            rebuild = readmodel.key("rebuild")
+            progress = cast(dict[bytes, bytes], await readmodel.redis.hgetall(rebuild))
+            service.rebuild = {name.decode(): int(value) for name, value in progress.items()}
         except (RedisError, OSError, ReadModelLostError) as exc:  # the projector recovers
             log.debug("version check failed: %r", exc)
         with suppress(TimeoutError):
