@@ -196,6 +196,11 @@ def test_a_migration_moves_user_files_when_a_release_renames_their_folder(
             "from .handlers import HANDLERS",
             "from .commands import HANDLERS",
         )
+        _replace(
+            t / "template/tests/test_contracts.py.jinja",
+            "{{ package_name }}.handlers import HANDLERS",
+            "{{ package_name }}.commands import HANDLERS",
+        )
         copier_yml = t / "copier.yml"
         _replace(
             copier_yml,

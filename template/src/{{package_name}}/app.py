@@ -1,7 +1,8 @@
 """The ASGI application. Build it with `create_app(settings)`; nothing here runs at import time."""
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -10,7 +11,8 @@ from redis.exceptions import RedisError
 from . import api
 from .handlers import HANDLERS
 from .projections import REGISTRY
-from .runtime import health, metrics, service, status
+from .runtime import asyncapi, health, metrics, service, status
+from .runtime.commands import OutgoingCommand
 from .runtime.handling import Handlers
 from .runtime.instruments import Instruments
 from .runtime.projection import Registry
@@ -23,10 +25,14 @@ def create_app(
     settings: Settings | None = None,
     registry: Registry = REGISTRY,
     handlers: Handlers = HANDLERS,
+    commands: Sequence[OutgoingCommand[Any]] = api.COMMANDS,
 ) -> FastAPI:
-    """The app; `registry` and `handlers` are what its consumers run (tests pass their own)."""
+    """The app; `registry` and `handlers` are what its consumers run, `commands` what its routes
+    send (tests pass their own)."""
     settings = settings or Settings()
     instruments = Instruments()
+    # Built once, up front: contracts that contradict each other stop the app from starting.
+    contracts = contracts_document(settings, registry, handlers, commands)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -49,7 +55,23 @@ def create_app(
     app.include_router(metrics.router)
     for router in api.ROUTERS:
         app.include_router(router)
+
+    @app.get("/asyncapi.json", include_in_schema=False)
+    async def asyncapi_json() -> JSONResponse:
+        """This service's Kafka contracts (AsyncAPI 3.0), as `contracts asyncapi` prints them."""
+        return JSONResponse(contracts)
+
     return app
+
+
+def contracts_document(
+    settings: Settings,
+    registry: Registry = REGISTRY,
+    handlers: Handlers = HANDLERS,
+    commands: Sequence[OutgoingCommand[Any]] = api.COMMANDS,
+) -> dict[str, Any]:
+    """The AsyncAPI 3.0 document of the service's contracts (GET /asyncapi.json)."""
+    return asyncapi.document(settings, registry, handlers, commands)
 
 
 async def _read_model_unavailable(request: Request, exc: Exception) -> JSONResponse:

@@ -3,6 +3,7 @@
 import asyncio
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import orjson
@@ -12,9 +13,11 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import MofNCompleteColumn, Progress, TransferSpeedColumn
 
-from .app import create_app
+from . import contracts as contracts_package
+from .app import contracts_document, create_app
 from .projections import REGISTRY
 from .runtime import logs, ops, service, tracing
+from .runtime.contracts import BaselineError, compare, load_baseline, messages, write_baseline
 from .runtime.errors import StartupError
 from .runtime.kafka import create_topics, missing_topics, new_producer, own_topics, start_client
 from .settings import Settings
@@ -141,6 +144,72 @@ def rebuild(
     with _progress_bar("replaying") as progress:
         version = _run_job(ops.rebuild(settings, REGISTRY, grace_s=grace, progress=progress))
     typer.echo(f"read model rebuilt: now serving version {version}")
+
+
+contracts = typer.Typer(
+    no_args_is_help=True, help="This service's Kafka contracts: AsyncAPI, compatibility check."
+)
+cli.add_typer(contracts, name="contracts")
+BASELINE = Path(contracts_package.__file__).parent / "baseline.json"
+BaselineOption = Annotated[Path, typer.Option(help="The committed baseline of the contracts")]
+
+
+def _document() -> dict[str, Any]:
+    return contracts_document(load_settings())
+
+
+@contracts.command("asyncapi")
+def contracts_asyncapi(
+    output: Annotated[Path | None, typer.Option(help="File to write; default stdout")] = None,
+) -> None:
+    """Print (or write) the AsyncAPI 3.0 document of this service's topics and messages."""
+    text = orjson.dumps(_document(), option=orjson.OPT_INDENT_2).decode() + "\n"
+    if output is None:
+        typer.echo(text, nl=False)
+    else:
+        with _writing(output):
+            output.write_text(text)
+
+
+@contracts.command("baseline")
+def contracts_baseline(baseline: BaselineOption = BASELINE) -> None:
+    """Accept the current contracts: write them as the baseline `check` compares with."""
+    with _writing(baseline):
+        write_baseline(baseline, messages(_document()))
+    typer.echo(f"wrote {baseline}")
+
+
+@contracts.command("check")
+def contracts_check(baseline: BaselineOption = BASELINE) -> None:
+    """Fail on backwards-incompatible changes of the contracts since the baseline."""
+    try:
+        accepted = load_baseline(baseline)
+    except BaselineError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from None
+    report = compare(accepted, messages(_document()))
+    for change in report.compatible:
+        typer.echo(f"compatible: {change}")
+    for change in report.breaking:
+        typer.echo(f"BREAKING: {change}", err=True)
+    if report.breaking:
+        typer.echo(
+            f"{len(report.breaking)} breaking change(s): publish a new version (a new type)"
+            " instead, or accept them with `contracts baseline` once every consumer is ready",
+            err=True,
+        )
+        raise typer.Exit(code=1)
+    typer.echo("contracts are compatible with the baseline")
+
+
+@contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """A file that cannot be written stops the command naming it, without a traceback."""
+    try:
+        yield
+    except OSError as exc:
+        typer.echo(f"error: cannot write {path}: {exc.strerror or exc}", err=True)
+        raise typer.Exit(code=2) from None
 
 
 @contextmanager

@@ -19,7 +19,7 @@ from collections import Counter
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal, cast
+from typing import Any, Generic, Literal, TypeVar, cast
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -34,8 +34,11 @@ from .kafka import Record
 from .loop import consume_each
 from .projection import UnknownEventTypeError
 from .readmodel import ReadModel
+from .settings import ServiceSettings
 
 log = logging.getLogger(__name__)
+
+D = TypeVar("D", bound=BaseModel)
 
 REPLY_TYPE = "command.reply.v1"
 Status = Literal["pending", "succeeded", "failed", "timed_out"]
@@ -90,6 +93,36 @@ class CommandStatus(BaseModel):
     completed_at: str | None = None
     result: dict[str, Any] | None = None
     error: str | None = None
+
+
+@dataclass(frozen=True)
+class OutgoingCommand(Generic[D]):
+    """A command this service sends: its type, its data's contract and the setting naming the topic
+    it goes to. Routes send through it, so what they send is what `api.COMMANDS` declares to
+    /asyncapi.json and `contracts check`."""
+
+    command_type: str
+    data: type[D]
+    topic_setting: str = "upstream_commands_topic"
+
+    def topic(self, settings: ServiceSettings) -> str:
+        topic = getattr(settings, self.topic_setting, None)
+        if not isinstance(topic, str):
+            name = self.command_type
+            raise ValueError(f"{name}: settings have no topic field {self.topic_setting!r}")
+        return topic
+
+    async def send(
+        self,
+        bus: "CommandBus",
+        settings: ServiceSettings,
+        key: str,
+        data: D,
+        *,
+        correlation_id: str | None = None,
+    ) -> "SentCommand":
+        topic = self.topic(settings)
+        return await bus.send(topic, self.command_type, key, data, correlation_id=correlation_id)
 
 
 @dataclass(frozen=True)

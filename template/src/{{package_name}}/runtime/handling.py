@@ -14,7 +14,7 @@ keeps raising) goes to the dead-letter topic, and its sender gets a failed reply
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
@@ -76,11 +76,35 @@ class HandlerContext:
     readmodel: ReadModel
 
 
+class UndeclaredEventError(Exception):
+    """A handler published an event its CommandHandler does not declare."""
+
+
 @dataclass(frozen=True)
 class CommandHandler(Generic[D]):
+    """Handles one command type. `events` and `results` declare, by type, the Fact Events and
+    pipeline results it may publish: /asyncapi.json and `contracts check` read them, and the worker
+    refuses to publish anything else, so the declaration cannot drift from what is sent."""
+
     command_type: str
     data: type[D]
     handle: Callable[[Command[D], HandlerContext], Awaitable[Outcome]]
+    events: Mapping[str, type[BaseModel]] = field(default_factory=dict)
+    results: Mapping[str, type[BaseModel]] = field(default_factory=dict)
+
+    def check(self, outcome: Outcome) -> None:
+        """Raise UndeclaredEventError for a published event the declaration does not allow."""
+        for kind, facts, declared in (
+            ("events", outcome.events, self.events),
+            ("results", outcome.results, self.results),
+        ):
+            for fact in facts:
+                model = declared.get(fact.type)
+                if model is None or not isinstance(fact.data, model):
+                    raise UndeclaredEventError(
+                        f"{self.command_type} handler published {fact.type}"
+                        f" ({type(fact.data).__name__}), not declared in its `{kind}`"
+                    )
 
 
 class Handlers:
@@ -89,6 +113,9 @@ class Handlers:
 
     def get(self, command_type: str) -> CommandHandler[Any] | None:
         return self._handlers.get(command_type)
+
+    def __iter__(self) -> Iterator[CommandHandler[Any]]:
+        return iter(self._handlers.values())
 
 
 class CommandWorker:
@@ -188,7 +215,7 @@ class CommandWorker:
         attempt = 1
         while True:
             try:
-                return await handler.handle(command, context)
+                outcome = await handler.handle(command, context)
             except CommandRejected:
                 raise
             except Exception as exc:
@@ -197,6 +224,12 @@ class CommandWorker:
                 log.warning("handling %s failed (attempt %d): %r", envelope.id, attempt, exc)
                 await asyncio.sleep(self._retry_backoff_s * 2 ** (attempt - 1))
                 attempt += 1
+                continue
+            try:
+                handler.check(outcome)
+            except UndeclaredEventError as exc:  # a bug in the handler: retrying cannot help
+                raise _Undeliverable(exc, attempts=attempt) from exc
+            return outcome
 
     async def _publish(
         self, command: CloudEvent, outcome: Outcome | None, error: str | None

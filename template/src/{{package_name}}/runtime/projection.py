@@ -70,11 +70,16 @@ class Projection(Generic[D, S]):
 
 @dataclass(frozen=True)
 class Upcaster:
-    """Turns the data of an older event version into the next version's shape."""
+    """Turns the data of an older event version into the next version's shape.
+
+    `data` is the older version's contract: /asyncapi.json and `contracts check` show it (the
+    projector never validates against it: `convert` reads what it needs).
+    """
 
     from_type: str
     to_type: str
     convert: Callable[[Mapping[str, Any]], dict[str, Any]]
+    data: type[BaseModel] | None = None
 
 
 @dataclass(slots=True)
@@ -100,11 +105,14 @@ class Registry:
         for projection in projections:
             self._projections.setdefault(projection.event_type, []).append(projection)
         self._upcasters = {upcaster.from_type: upcaster for upcaster in upcasters}
-        self._ignored = frozenset(ignored)
+        self.ignored = frozenset(ignored)
         self.collections = {p.collection.name: p.collection for p in self.projections()}
 
     def projections(self) -> list[Projection[Any, Any]]:
         return [p for group in self._projections.values() for p in group]
+
+    def upcasters(self) -> list[Upcaster]:
+        return list(self._upcasters.values())
 
     def changes(self, envelope: CloudEvent) -> list[Change]:
         """What the event changes; raises InvalidEventError for what must be dead-lettered."""
@@ -113,7 +121,7 @@ class Registry:
             event_type, data = self._upcast(event_type, data)
         projections = self._projections.get(event_type)
         if projections is None:
-            if event_type in self._ignored:
+            if event_type in self.ignored:
                 return []
             raise UnknownEventTypeError(
                 f"no projection or upcaster for event type {envelope.type!r}"
