@@ -109,7 +109,7 @@ def test_rename_command_round_trip_between_two_generated_services(
 
 @pytest.mark.faults
 def test_http_apis_keep_their_schemas_under_fuzzing(
-    services: tuple[Served, Served], reliability: Reliability
+    services: tuple[Served, Served], reliability: Reliability, tmp_path: Path
 ) -> None:
     """Schemathesis against both services: examples, boundary values and random input for every
     operation, every check (no 5xx, responses match the schema, bad input refused)."""
@@ -126,6 +126,7 @@ def test_http_apis_keep_their_schemas_under_fuzzing(
             text=True,
             timeout=900,
             check=False,
+            cwd=tmp_path,  # where schemathesis keeps its cache
         )  # fmt: skip
         assert result.returncode == 0, result.stdout[-6000:]
         [count] = re.findall(r"(\d+) generated", result.stdout)
