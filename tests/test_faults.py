@@ -78,9 +78,18 @@ def _serve(project: Path, env: Env, **overrides: str) -> Served:
 
 
 def _converges(server: Served, expected: dict[str, dict[str, Any]], within: float = 180) -> float:
-    """Seconds until the read model equals `expected`."""
+    """Seconds until the read model equals `expected` (a 503 while Redis comes back is not yet)."""
+
+    def equal() -> bool:
+        try:
+            return personas.read_all(server) == expected
+        except httpx.HTTPStatusError as exc:
+            if exc.response.status_code != 503:
+                raise
+            return False
+
     start = time.monotonic()
-    until(lambda: personas.read_all(server) == expected, within=within)
+    until(equal, within=within)
     return time.monotonic() - start
 
 
