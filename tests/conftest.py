@@ -62,6 +62,9 @@ class Reliability:
 def reliability(request: pytest.FixtureRequest) -> Iterator[Reliability]:
     measured = Reliability()
     yield measured
-    whole_suite = not request.config.getoption("keyword")
-    if measured.rows and whole_suite and request.session.testsfailed == 0:
+    # Only a full passing run rewrites the page: no -k, no paths (pytest -m faults, make faults).
+    config = request.config
+    whole_suite = config.args_source == pytest.Config.ArgsSource.TESTPATHS
+    passed = request.session.testsfailed == 0
+    if measured.rows and whole_suite and not config.getoption("keyword") and passed:
         measured.write()
