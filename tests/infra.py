@@ -8,23 +8,13 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 from typing import ClassVar
 
 import redis
 
 from .helpers import ROOT
-from .served import free_port
-
-
-def _wait(check: object, what: str, within: float) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if check():  # type: ignore[operator]
-            return
-        time.sleep(0.1)
-    raise TimeoutError(f"{what} not within {within}s")
+from .served import free_port, until
 
 
 class OwnKafka:
@@ -51,7 +41,7 @@ class OwnKafka:
         """SIGKILL, as a crashed machine would leave it."""
         pid = int((self.run_dir / "kafka/kafka.pid").read_text())
         os.kill(pid, signal.SIGKILL)
-        _wait(lambda: not Path(f"/proc/{pid}").exists(), "broker gone", 30)
+        until(lambda: not Path(f"/proc/{pid}").exists(), within=30)
 
     def clean(self) -> None:
         self._script("clean")
@@ -121,7 +111,7 @@ class OwnRedis:
                 ssl_certfile=str(tls.client_cert),
                 ssl_keyfile=str(tls.client_plain_key),
             )
-        _wait(lambda: self._answers(client), "redis answering", 20)
+        until(lambda: self._answers(client), within=20)
         client.close()
 
     @staticmethod

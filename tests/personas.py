@@ -71,21 +71,30 @@ async def create_topic(bootstrap: str, topic: str, partitions: int = 3) -> None:
         await admin.close()
 
 
-async def publish_async(
-    bootstrap: str, topic: str, records: list[tuple[str, bytes | None]]
-) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=10)
-    await producer.start()
-    try:
-        sent = [await producer.send(topic, value, key=key.encode()) for key, value in records]
-        await asyncio.gather(*sent)
-    finally:
-        await producer.stop()
+Record = tuple[str, bytes | None, list[tuple[str, bytes]]]  # (key, value, headers)
+
+
+def publish_records(bootstrap: str, topic: str, records: list[Record]) -> None:
+    """Publish in order (per partition, the producer keeps the order it was given)."""
+
+    async def publishing() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=10)
+        await producer.start()
+        try:
+            sent = [
+                await producer.send(topic, value, key=key.encode(), headers=headers)
+                for key, value, headers in records
+            ]
+            await asyncio.gather(*sent)
+        finally:
+            await producer.stop()
+
+    asyncio.run(publishing())
 
 
 def publish(bootstrap: str, topic: str, history: list[Event]) -> None:
-    records = [(key, cloud_event(event_type, data)) for key, event_type, data in history]
-    asyncio.run(publish_async(bootstrap, topic, records))
+    records = [(key, cloud_event(event_type, data), []) for key, event_type, data in history]
+    publish_records(bootstrap, topic, records)
 
 
 def read_all(server: Served) -> dict[str, dict[str, Any]]:

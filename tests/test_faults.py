@@ -93,8 +93,15 @@ def _converges(server: Served, expected: dict[str, dict[str, Any]], within: floa
     return time.monotonic() - start
 
 
-def _projecting(server: Served) -> None:
+def _projecting(
+    project: Path, env: Env, kafka: OwnKafka, seed: int
+) -> tuple[list[personas.Event], Served]:
+    """30,000 events published, and a service (in small batches) part-way through them."""
+    history = personas.events(seed=seed, count=30_000)
+    personas.publish(kafka.bootstrap, env["UPSTREAM_TOPICS"], history)
+    server = _serve(project, env, CONSUMER_MAX_BATCH="100")
     until(lambda: bool(server.get("/personas", {"limit": "1"}).json()["items"]))
+    return history, server
 
 
 def _lag(server: Served) -> int:
@@ -104,11 +111,8 @@ def _lag(server: Served) -> int:
 def test_broker_killed_while_projecting(
     project: Path, env: Env, kafka: OwnKafka, reliability: Reliability
 ) -> None:
-    history = personas.events(seed=1, count=30_000)
-    personas.publish(kafka.bootstrap, env["UPSTREAM_TOPICS"], history)
-    server = _serve(project, env, CONSUMER_MAX_BATCH="100")
+    history, server = _projecting(project, env, kafka, seed=1)
     try:
-        _projecting(server)
         behind = _lag(server)
         kafka.kill()
         statuses = Counter(server.get(f"/personas/p{n % 500}").status_code for n in range(300))
@@ -129,11 +133,8 @@ def test_broker_killed_while_projecting(
 def test_redis_killed_while_projecting(
     project: Path, env: Env, kafka: OwnKafka, redis_server: OwnRedis, reliability: Reliability
 ) -> None:
-    history = personas.events(seed=2, count=30_000)
-    personas.publish(kafka.bootstrap, env["UPSTREAM_TOPICS"], history)
-    server = _serve(project, env, CONSUMER_MAX_BATCH="100")
+    history, server = _projecting(project, env, kafka, seed=2)
     try:
-        _projecting(server)
         redis_server.kill()
         down = server.get("/personas/p1")
         live, ready = server.get("/health/live"), server.get("/health/ready")
@@ -277,15 +278,14 @@ BAD_EVENTS: list[tuple[str, bytes | None, list[tuple[str, bytes]], str]] = [
 def test_bad_events_are_dead_lettered_and_the_partition_moves_on(
     project: Path, env: Env, kafka: OwnKafka, reliability: Reliability
 ) -> None:
-    topic = env["UPSTREAM_TOPICS"]
-    records: list[tuple[str, bytes | None, list[tuple[str, bytes]]]] = []
+    records: list[personas.Record] = []
     for n, (_, value, headers, _) in enumerate(BAD_EVENTS):
         good = {"persona_id": f"good{n}", "name": "G", "email": "g@x.io"}
         records += [
             ("k", value, headers),
             ("k", personas.cloud_event("persona.created.v1", good), []),
         ]
-    asyncio.run(_publish_with_headers(kafka.bootstrap, topic, records))
+    personas.publish_records(kafka.bootstrap, env["UPSTREAM_TOPICS"], records)
     server = _serve(project, env)
     try:
         expected = {f"good{n}" for n in range(len(BAD_EVENTS))}
@@ -306,20 +306,6 @@ def test_bad_events_are_dead_lettered_and_the_partition_moves_on(
         f"all {len(letters)} dead-lettered with their reason, all {len(BAD_EVENTS)} good ones"
         " applied: " + "; ".join(f"{kind} → {error}" for kind, _, _, error in BAD_EVENTS),
     )
-
-
-async def _publish_with_headers(
-    bootstrap: str, topic: str, records: list[tuple[str, bytes | None, list[tuple[str, bytes]]]]
-) -> None:
-    from aiokafka import AIOKafkaProducer
-
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    await producer.start()
-    try:
-        for key, value, headers in records:  # one at a time: the order is the point
-            await producer.send_and_wait(topic, value, key=key.encode(), headers=headers)
-    finally:
-        await producer.stop()
 
 
 def test_bad_settings_stop_start_up_with_a_clear_error(
