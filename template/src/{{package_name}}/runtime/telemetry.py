@@ -4,12 +4,11 @@ caller's trace context (`traceparent`) made current, so the commands a request s
 import time
 from typing import Any
 
-from opentelemetry import context, propagate
+from opentelemetry import context
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from . import tracing
 from .instruments import Instruments
-
-_TRACE_HEADERS = (b"traceparent", b"tracestate")
 
 
 class HttpTelemetry:
@@ -29,12 +28,10 @@ class HttpTelemetry:
                 status = message["status"]
             await send(message)
 
-        carrier = {
-            name.decode("latin-1"): value.decode("latin-1")
-            for name, value in scope["headers"]
-            if name in _TRACE_HEADERS
-        }
-        token = context.attach(propagate.extract(carrier)) if carrier else None
+        carried = tracing.context_of(
+            (name.decode("latin-1"), value) for name, value in scope["headers"]
+        )
+        token = None if carried is None else context.attach(carried)
         start = time.perf_counter()
         try:
             await self.app(scope, receive, sending)

@@ -10,10 +10,11 @@ by the standard OTEL_* variables.
 
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
 from opentelemetry import propagate, trace
+from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind
 
 log = logging.getLogger(__name__)
@@ -22,13 +23,17 @@ tracer = trace.get_tracer(__name__)
 _HEADERS = ("traceparent", "tracestate")
 
 
+def context_of(headers: Iterable[tuple[str, bytes]]) -> Context | None:
+    """The trace context that Kafka or HTTP headers carry, if any."""
+    carrier = {key: value.decode("latin-1") for key, value in headers if key in _HEADERS}
+    return propagate.extract(carrier) if carrier else None
+
+
 @contextmanager
 def consuming(name: str, headers: Sequence[tuple[str, bytes]]) -> Iterator[None]:
-    """A consumer span for one record, continuing the trace its headers carry."""
-    carrier = {key: value.decode("latin-1") for key, value in headers if key in _HEADERS}
-    with tracer.start_as_current_span(
-        name, context=propagate.extract(carrier), kind=SpanKind.CONSUMER
-    ):
+    """A consumer span for one record, continuing the trace its headers carry (or a new one)."""
+    parent = context_of(headers) or Context()
+    with tracer.start_as_current_span(name, context=parent, kind=SpanKind.CONSUMER):
         yield
 
 
