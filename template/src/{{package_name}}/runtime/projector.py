@@ -20,7 +20,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from . import deadletter, logs
 from .deadletter import DeadLetter
-from .events import InvalidEventError, decode
+from .events import InvalidEventError
 from .instruments import Instruments
 from .kafka import Record, reached, seek
 from .projection import Change, Registry
@@ -195,9 +195,9 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
         applied: Counter[tuple[str, str]] = Counter()
         for record in records:
             try:
-                envelope = decode(record.value, record.headers)
-                work.append((record, self._registry.changes(envelope)))
-                applied[record.topic, envelope.type] += 1
+                event_type, changes = self._registry.read(record.value, record.headers)
+                work.append((record, changes))
+                applied[record.topic, event_type] += 1
             except InvalidEventError as exc:
                 rejected.append(DeadLetter(record, exc))
         await self._dead_letter(rejected)
