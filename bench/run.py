@@ -287,6 +287,7 @@ async def bootstrap(settings: Any) -> Figure:
     from personabff.projections import REGISTRY
     from personabff.runtime import ops, snapshot
     from personabff.runtime.readmodel import ReadModel
+    from personabff.runtime.kafka import new_consumer
     from personabff.runtime.redis import redis_client
 
     say("bootstrap: exporting the projected read model as a snapshot")
@@ -297,7 +298,7 @@ async def bootstrap(settings: Any) -> Figure:
     redis = redis_client(REDIS)  # the service's client
     target = ReadModel(redis, f"{settings.redis_key_prefix}.copy")
     await target.initialise()
-    consumer = AIOKafkaConsumer(bootstrap_servers=KAFKA)
+    consumer = new_consumer(settings, group_id=None)  # the service's bootstrap consumer
     await consumer.start()
     await asyncio.sleep(0)
     try:

@@ -63,7 +63,12 @@ def new_producer(settings: ServiceSettings) -> AIOKafkaProducer:
 
 
 def new_consumer(settings: ServiceSettings, *, group_id: str | None) -> AIOKafkaConsumer:
-    """A consumer that never auto-commits: positions live in Redis beside the state they made."""
+    """A consumer that never auto-commits: positions live in Redis beside the state they made.
+
+    Without a group it is a job's (bootstrap, rebuild, export): it reads to the end, then seeks
+    back, and a seek waits for the fetch in flight, which the broker holds for up to
+    `fetch_max_wait_ms` at the end of a partition: so it holds it briefly.
+    """
     return AIOKafkaConsumer(
         **client_options(settings),
         client_id=f"{settings.service_name}-consumer",
@@ -72,6 +77,7 @@ def new_consumer(settings: ServiceSettings, *, group_id: str | None) -> AIOKafka
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         isolation_level="read_committed",
+        fetch_max_wait_ms=500 if group_id else 20,
     )
 
 

@@ -74,6 +74,17 @@ class Writes:
     linked: list[Link] = field(default_factory=list)
     unlinked: list[Link] = field(default_factory=list)
 
+    def relink(self, collection: Collection[Any], ref: EntityRef, old: Any, new: Any) -> None:
+        """Add the lookup changes of `ref` going from state `old` to `new` (None: absent)."""
+        for lookup, value_of in collection.lookups.items():
+            old_value = None if old is None else value_of(old)
+            new_value = None if new is None else value_of(new)
+            if old_value != new_value:
+                if old_value is not None:
+                    self.unlinked.append(Link(ref, lookup, old_value))
+                if new_value is not None:
+                    self.linked.append(Link(ref, lookup, new_value))
+
 
 _INITIALISE = """
 if redis.call('SET', KEYS[1], '1', 'NX') then
@@ -192,17 +203,8 @@ def writes_for(
     for ref, state in after.items():
         collection = collections[ref[0]]
         writes.states[ref] = None if state is None else collection.dumps(state)
-        if not collection.lookups:
-            continue
-        old_state = before.get(ref)
-        for lookup, value_of in collection.lookups.items():
-            old = None if old_state is None else value_of(old_state)
-            new = None if state is None else value_of(state)
-            if old != new:
-                if old is not None:
-                    writes.unlinked.append(Link(ref, lookup, old))
-                if new is not None:
-                    writes.linked.append(Link(ref, lookup, new))
+        if collection.lookups:
+            writes.relink(collection, ref, before.get(ref), state)
     return writes
 
 
@@ -288,9 +290,18 @@ class ReadModel:
 
     async def drop(self) -> int:
         """Delete every key of this version; returns how many."""
+        return await self._unlink(self.versioned("*"))
+
+    async def drop_entities(self) -> int:
+        """Delete the entities and lookups of this version (not its positions or markers)."""
+        return await self._unlink(self.versioned("e", "*")) + await self._unlink(
+            self.versioned("lk", "*")
+        )
+
+    async def _unlink(self, pattern: str) -> int:
         deleted = 0
         batch: list[bytes] = []
-        async for key in self.redis.scan_iter(match=self.versioned("*"), count=1000):
+        async for key in self.redis.scan_iter(match=pattern, count=1000):
             batch.append(key)
             if len(batch) >= 1000:
                 deleted += await self.redis.unlink(*batch)

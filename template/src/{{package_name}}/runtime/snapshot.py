@@ -32,7 +32,7 @@ from aiokafka.admin import RecordsToDelete
 
 from .kafka import Record, client_options, new_admin, partitions_of, reached, seek, start_client
 from .projection import Collection
-from .readmodel import EntityRef, ReadModel, Writes, writes_for
+from .readmodel import EntityRef, ReadModel, Writes
 from .settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -48,10 +48,6 @@ class Summary:
     export: str | None
     entities: int
     positions: int
-
-
-def _headers(record: Record) -> dict[str, str]:
-    return {name: value.decode() for name, value in record.headers if name.startswith("snapshot.")}
 
 
 # ---------------------------------------------------------------------------------------- export
@@ -160,6 +156,21 @@ async def _delete_before(settings: ServiceSettings, offsets: Mapping[TopicPartit
 
 
 # ---------------------------------------------------------------------------------------- load
+LOAD_BATCH = 2000  # records per Redis commit
+TAIL = 1000  # records per partition first read back from the end, looking for the last export
+
+
+@dataclass
+class _Batch:
+    """What one batch of data topic records writes."""
+
+    upstream: dict[TopicPartition, int]  # positions on the upstream topics
+    states: dict[EntityRef, bytes]
+    new: dict[TopicPartition, int]  # positions on the data topic
+    entities: int
+    positions: int
+
+
 async def load(
     readmodel: ReadModel,
     consumer: AIOKafkaConsumer,
@@ -168,98 +179,134 @@ async def load(
     topic: str,
     progress: ProgressCallback | None = None,
 ) -> Summary:
-    """Load the last complete export of `topic` into `readmodel`; resumes where a crash left it."""
+    """Load the last complete export of `topic` into `readmodel`; resumes where a crash left it.
+
+    Loads into a version that holds nothing but this load's own earlier work, so it writes without
+    reading: a record loaded twice writes the same state and the same lookup entries. Redis runs
+    each batch's commit while the next batch is read from Kafka.
+    """
     tps = await partitions_of(settings, topic)
     consumer.assign(tps)
+    begin: dict[TopicPartition, int] = await consumer.beginning_offsets(tps)
     end: dict[TopicPartition, int] = await consumer.end_offsets(tps)
-    export_id = await _last_complete_export(consumer, tps, end)
+    export_id = await _last_complete_export(consumer, begin, end)
     if export_id is None:
         log.info("no complete snapshot on %s: starting from the upstream topics alone", topic)
         return Summary(None, 0, 0)
-    stored = await _seek_to_stored(readmodel, consumer, tps)
-    begin: dict[TopicPartition, int] = await consumer.beginning_offsets(tps)
+    stored = await readmodel.positions(tps)
+    if all(offset is None for offset in stored.values()):
+        await readmodel.drop_entities()  # a fresh load: nothing may be there before it
     total = sum(end[tp] - max(begin[tp], stored[tp] or 0) for tp in tps)
+    await seek(consumer, {tp: max(begin[tp], stored[tp] or 0) for tp in tps})
     done = entities = positions = 0
     last_report = time.monotonic()
-    while not await reached(consumer, end):
-        batches = await consumer.getmany(timeout_ms=1000, max_records=2000)
-        states: dict[EntityRef, bytes] = {}
-        upstream: dict[TopicPartition, int] = {}
-        new: dict[TopicPartition, int] = {}
-        for tp, records in batches.items():
-            new[tp] = records[-1].offset + 1
-            for record in records:
-                done += 1
-                headers = _headers(record)
-                if headers.get(EXPORT) != export_id:
+    committing: asyncio.Task[bool] | None = None  # the previous batch's commit
+    try:
+        while True:
+            finished = await reached(consumer, end)
+            if not finished:
+                batches = await consumer.getmany(timeout_ms=1000, max_records=LOAD_BATCH)
+                batch = _read_batch(batches, export_id.encode(), collections)
+            if committing is not None:
+                committed, committing = await committing, None
+                if not committed:  # another instance loads it too: carry on from where it got
+                    stored = await readmodel.positions(tps)
+                    await seek(consumer, {tp: max(begin[tp], stored[tp] or 0) for tp in tps})
                     continue
-                if headers.get(KIND) == "position":
-                    topic_name, partition = record.key.decode().rsplit(":", 1)
-                    upstream[TopicPartition(topic_name, int(partition))] = int(record.value)
-                    positions += 1
-                elif headers.get(KIND) == "entity":
-                    collection, key = record.key.decode().split(":", 1)
-                    if collection not in collections:
-                        log.warning("snapshot entity of unknown collection %r skipped", collection)
-                        continue
-                    states[(collection, key)] = record.value
-                    entities += 1
-        if not new:
-            continue
-        expected = {tp: stored[tp] for tp in new}
-        fold = _replacing(collections, states)
-        moved_to = {**upstream, **new}
-        if await readmodel.commit(expected, moved_to, list(states), fold, bootstrapping=True):
-            stored.update(new)
-        else:  # another instance is loading the same snapshot: carry on from where it got
-            stored = await _seek_to_stored(readmodel, consumer, tps)
-        if progress and (time.monotonic() - last_report > 0.5 or await reached(consumer, end)):
-            progress(done, total)
-            last_report = time.monotonic()
+            if finished:
+                break
+            if not batch.new:
+                continue
+            committing = asyncio.create_task(
+                readmodel.commit(
+                    {tp: stored[tp] for tp in batch.new},
+                    {**batch.upstream, **batch.new},
+                    [],
+                    _writing(collections, batch.states),
+                    bootstrapping=True,
+                )
+            )
+            stored.update(batch.new)
+            done += sum(len(records) for records in batches.values())
+            entities, positions = entities + batch.entities, positions + batch.positions
+            if progress and time.monotonic() - last_report > 0.5:
+                progress(done, total)
+                last_report = time.monotonic()
+    finally:
+        if committing is not None:
+            committing.cancel()
     if progress:
         progress(total, total)
     return Summary(export_id, entities, positions)
 
 
-def _replacing(
+def _read_batch(
+    batches: Mapping[TopicPartition, list[Record]],
+    export_id: bytes,
+    collections: Mapping[str, Collection[Any]],
+) -> _Batch:
+    batch = _Batch({}, {}, {}, 0, 0)
+    for tp, records in batches.items():
+        batch.new[tp] = records[-1].offset + 1
+        for record in records:
+            headers = dict(record.headers)
+            if headers.get(EXPORT) != export_id or record.key is None or record.value is None:
+                continue
+            kind = headers.get(KIND)
+            if kind == b"entity":
+                collection, key = record.key.decode().split(":", 1)
+                if collection not in collections:
+                    log.warning("snapshot entity of unknown collection %r skipped", collection)
+                    continue
+                batch.states[(collection, key)] = record.value
+                batch.entities += 1
+            elif kind == b"position":
+                topic_name, partition = record.key.decode().rsplit(":", 1)
+                batch.upstream[TopicPartition(topic_name, int(partition))] = int(record.value)
+                batch.positions += 1
+    return batch
+
+
+def _writing(
     collections: Mapping[str, Collection[Any]], states: dict[EntityRef, bytes]
 ) -> Callable[[list[bytes | None]], Awaitable[Writes]]:
-    """A fold that replaces the entities it reads with the exported JSON `states`, as it is: only
-    collections with lookups decode them, to keep the lookups in step."""
+    """A fold that writes the exported JSON `states` as it is: only collections with lookups
+    decode them, to write their lookup entries."""
 
-    async def fold(current: list[bytes | None]) -> Writes:
+    async def fold(_: list[bytes | None]) -> Writes:
         writes = Writes(states=dict(states))
-        for (ref, new), old in zip(states.items(), current, strict=True):
+        for ref, raw in states.items():
             collection = collections[ref[0]]
             if collection.lookups:
-                before = {ref: None if old is None else collection.loads(old)}
-                linked = writes_for(collections, before, {ref: collection.loads(new)})
-                writes.linked += linked.linked
-                writes.unlinked += linked.unlinked
+                writes.relink(collection, ref, None, collection.loads(raw))
         return writes
 
     return fold
 
 
-async def _seek_to_stored(
-    readmodel: ReadModel, consumer: AIOKafkaConsumer, tps: list[TopicPartition]
-) -> dict[TopicPartition, int | None]:
-    stored = await readmodel.positions(tps)
-    await seek(consumer, stored)
-    return stored
-
-
 async def _last_complete_export(
-    consumer: AIOKafkaConsumer, tps: list[TopicPartition], end: Mapping[TopicPartition, int]
+    consumer: AIOKafkaConsumer,
+    begin: Mapping[TopicPartition, int],
+    end: Mapping[TopicPartition, int],
 ) -> str | None:
-    await seek(consumer, dict.fromkeys(tps))
-    ends: list[tuple[str, str]] = []
-    while not await reached(consumer, end):
-        batches = await consumer.getmany(timeout_ms=1000, max_records=5000)
-        for records in batches.values():
-            for record in records:
-                headers = _headers(record)
-                if headers.get(KIND) == "end":
-                    summary = orjson.loads(record.value)
-                    ends.append((summary["exported_at"], headers[EXPORT]))
-    return max(ends)[1] if ends else None
+    """The id of the newest export with its `end` record. An export writes that record last and
+    then deletes the records before it, so it is near the end of its partition: read back from
+    the end, further each time, until one is found (or the topic is read whole)."""
+    tail = TAIL
+    while True:
+        start = {tp: max(begin[tp], end[tp] - tail) for tp in end}
+        await seek(consumer, start)
+        ends: list[tuple[str, int, str]] = []  # exported at, offset (a tie-break), export
+        while not await reached(consumer, end):
+            batches = await consumer.getmany(timeout_ms=1000, max_records=5000)
+            for records in batches.values():
+                for record in records:
+                    headers = dict(record.headers)
+                    if headers.get(KIND) == b"end":
+                        at = orjson.loads(record.value)["exported_at"]
+                        ends.append((at, record.offset, headers[EXPORT].decode()))
+        if ends:
+            return max(ends)[2]
+        if start == begin:
+            return None
+        tail *= 8
