@@ -50,11 +50,11 @@ def create_app(
     app.add_middleware(HttpTelemetry, instruments=instruments)
     app.add_exception_handler(RedisError, _read_model_unavailable)
     app.add_exception_handler(InvalidCursorError, _bad_cursor)
+    for router in api.ROUTERS:  # first: routes are matched in order, and queries are most
+        app.include_router(router)
     app.include_router(health.router)
     app.include_router(status.router)
     app.include_router(metrics.router)
-    for router in api.ROUTERS:
-        app.include_router(router)
 
     @app.get("/asyncapi.json", include_in_schema=False)
     async def asyncapi_json() -> JSONResponse:

@@ -20,12 +20,12 @@ from opentelemetry.trace import SpanKind
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
 
-_HEADERS = ("traceparent", "tracestate")
+HEADERS = ("traceparent", "tracestate")
 
 
 def context_of(headers: Iterable[tuple[str, bytes]]) -> Context | None:
     """The trace context that Kafka or HTTP headers carry, if any."""
-    carrier = {key: value.decode("latin-1") for key, value in headers if key in _HEADERS}
+    carrier = {key: value.decode("latin-1") for key, value in headers if key in HEADERS}
     return propagate.extract(carrier) if carrier else None
 
 
@@ -41,7 +41,7 @@ def headers() -> list[tuple[str, bytes]]:
     """The current trace context as Kafka headers (none outside a trace)."""
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
-    return [(key, value.encode()) for key, value in carrier.items() if key in _HEADERS]
+    return [(key, value.encode()) for key, value in carrier.items() if key in HEADERS]
 
 
 def trace_id() -> str | None:
