@@ -6,7 +6,7 @@ Redis Cluster, where they all live in one slot):
     {<prefix>}:version                          the version queries read (a rebuild swaps it)
     {<prefix>}:freeze                           present while a snapshot export reads the model
     {<prefix>}:v<n>:e:<collection>:<bucket>     hash: entity key -> entity JSON
-    {<prefix>}:v<n>:lk:<collection>:<lookup>:<bucket>   hash: value -> JSON list of entity keys
+    {<prefix>}:v<n>:lk:<collection>:<lookup>:<bucket>   hash: value hash -> entity key(s)
     {<prefix>}:v<n>:pos:<topic>:<partition>     next offset to apply from that partition
     {<prefix>}:v<n>:bootstrap                   first-start state of the version (service.py)
 
@@ -16,6 +16,11 @@ top of its JSON. Listing walks the buckets in order, each bucket's keys sorted, 
 stable order. For the compact encoding, Redis' `hash-max-listpack-value` must exceed the largest
 entity JSON and `hash-max-listpack-entries` the entities per bucket (scripts/redis.sh and
 compose.yaml set 1024 and 512; without them it is still correct, only larger).
+
+Lookups are stored by a hash of the value, not the value: crc32 picks the bucket and the rest of
+it is the field, a small integer that a listpack stores in 5 bytes. The entity key is stored as
+it is, or a JSON list of keys when several share the field. Values that share it are told apart
+when read, by the entity's own value.
 
 A batch is committed by one script that checks, then writes: the positions it started from, the
 version pointer and the entities it read must be as it read them, else it writes nothing. So a
@@ -111,7 +116,8 @@ return out
 # Commits a batch if what it was folded from still holds, in four parts whose sizes are ARGV[1..4]:
 # positions expected (KEYS: position; ARGV: offset, '' for none), positions written (position;
 # offset), entities read (hash; field, and '=' .. JSON or '' when absent), entities written (hash;
-# field, JSON or '' to delete). The lookup changes follow (hash; '+' or '-', value, entity key).
+# field, JSON or '' to delete). The lookup changes follow (hash; '+' or '-', field, entity key):
+# one entity key is stored as it is, several (or one that starts with '[') as a JSON list.
 # KEYS[1..3] are the version pointer, the freeze and the bootstrap marker; ARGV[5] is the version
 # ('' when not live), ARGV[6] '1' when a pending bootstrap must stop the commit. Returns 'ok', or
 # what stopped it: 'frozen', 'pending', 'moved' (positions or version) or 'changed'.
@@ -149,13 +155,17 @@ for i = 1, #KEYS - k do
   local raw = redis.call('HGET', KEYS[k + i], value)
   local kept = {}
   if raw then
-    for _, other in ipairs(cjson.decode(raw)) do
+    local others = {raw}
+    if string.sub(raw, 1, 1) == '[' then others = cjson.decode(raw) end
+    for _, other in ipairs(others) do
       if other ~= member then kept[#kept + 1] = other end
     end
   end
   if op == '+' then kept[#kept + 1] = member end
   if #kept == 0 then
     redis.call('HDEL', KEYS[k + i], value)
+  elseif #kept == 1 and string.sub(kept[1], 1, 1) ~= '[' then
+    redis.call('HSET', KEYS[k + i], value, kept[1])
   else
     redis.call('HSET', KEYS[k + i], value, cjson.encode(kept))
   end
@@ -251,8 +261,10 @@ class ReadModel:
         return f"{self._versioned}e:{collection}:{bucket_of(key)}", key
 
     def lookup_slot(self, collection: str, lookup: str, value: str) -> tuple[str, str]:
-        """The hash a lookup value lives in, and its field there."""
-        return self.versioned("lk", collection, lookup, str(bucket_of(value))), value
+        """The hash a lookup value lives in, and its field there (see the module's docstring)."""
+        digest = zlib.crc32(value.encode())
+        bucket, field = digest % BUCKETS, digest // BUCKETS
+        return self.versioned("lk", collection, lookup, str(bucket)), str(field)
 
     def position_key(self, tp: TopicPartition) -> str:
         return self.versioned("pos", tp.topic, str(tp.partition))
@@ -346,15 +358,21 @@ class ReadModel:
                 pipe.hlen(key)
             return sum(await pipe.execute())
 
-    async def lookup(self, collection: str, lookup: str, value: str) -> list[bytes]:
+    async def lookup(self, collection: Collection[Any], lookup: str, value: str) -> list[bytes]:
         """Entities of `collection` whose `lookup` has `value`, in key order."""
-        raw = await self.redis.hget(*self.lookup_slot(collection, lookup, value))
+        slot = self.lookup_slot(collection.name, lookup, value)
+        raw = cast(bytes | None, await self.redis.hget(*slot))
         if raw is None:
             return []
-        slots = [self.entity_slot(collection, key) for key in sorted(orjson.loads(raw))]
-        values = await self._read([], slots)
-        # An entity deleted between the two reads is simply not listed.
-        return [value for value in values if value is not None]
+        keys = orjson.loads(raw) if raw.startswith(b"[") else [raw.decode()]
+        found = await self._read(
+            [], [self.entity_slot(collection.name, key) for key in sorted(keys)]
+        )
+        value_of = collection.lookups[lookup]
+        # Skipped: values that share the hash, and entities deleted between the two reads.
+        return [
+            entity for entity in found if entity and value_of(collection.loads(entity)) == value
+        ]
 
     async def _read(
         self, keys: Sequence[str], slots: Sequence[tuple[str, str]]
