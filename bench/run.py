@@ -286,8 +286,8 @@ async def memory(settings: Any) -> Figure:
 async def bootstrap(settings: Any) -> Figure:
     from personabff.projections import REGISTRY
     from personabff.runtime import ops, snapshot
-    from personabff.runtime.readmodel import ReadModel
     from personabff.runtime.kafka import new_consumer
+    from personabff.runtime.readmodel import ReadModel
     from personabff.runtime.redis import redis_client
 
     say("bootstrap: exporting the projected read model as a snapshot")
