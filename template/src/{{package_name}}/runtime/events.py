@@ -6,9 +6,10 @@ from typing import Any
 
 import orjson
 
-_REQUIRED = ("id", "source", "type")
-_OPTIONAL = ("time", "subject", "datacontenttype")
-_KNOWN = {"specversion", "data", "data_base64", "dataschema", *_REQUIRED, *_OPTIONAL}
+# The context attributes this service reads: required non-empty strings, and optional strings.
+REQUIRED = ("id", "source", "type")
+OPTIONAL = ("time", "subject", "datacontenttype")
+_KNOWN = {"specversion", "data", "data_base64", "dataschema", *REQUIRED, *OPTIONAL}
 
 
 class InvalidEventError(ValueError):
@@ -64,11 +65,11 @@ def _loads(raw: bytes | None) -> Any:
 def _envelope(attrs: dict[str, Any], data: Any) -> CloudEvent:
     if attrs.get("specversion") != "1.0":
         raise NotCloudEventError(f"specversion must be '1.0', got {attrs.get('specversion')!r}")
-    for name in _REQUIRED:
+    for name in REQUIRED:
         value = attrs.get(name)
         if type(value) is not str or not value:
             raise NotCloudEventError(f"attribute '{name}' must be a non-empty string")
-    for name in _OPTIONAL:
+    for name in OPTIONAL:
         value = attrs.get(name)
         if value is not None and type(value) is not str:
             raise NotCloudEventError(f"attribute '{name}' must be a string")
@@ -85,14 +86,17 @@ def _envelope(attrs: dict[str, Any], data: Any) -> CloudEvent:
     )
 
 
+def binary_mode(headers: Sequence[tuple[str, bytes]]) -> bool:
+    """Whether a record is a CloudEvent in binary mode: attributes in `ce_*` headers, the value
+    only its data."""
+    return any(name == "ce_specversion" for name, _ in headers) if headers else False
+
+
 def decode(value: bytes | None, headers: Sequence[tuple[str, bytes]]) -> CloudEvent:
     """Read a Kafka record as a CloudEvent, in binary mode when it has `ce_specversion`."""
-    ce_headers = (
-        {name[3:]: raw for name, raw in headers if name.startswith("ce_")} if headers else {}
-    )
-    if "specversion" in ce_headers:
+    if binary_mode(headers):
         try:
-            attrs = {name: raw.decode() for name, raw in ce_headers.items()}
+            attrs = {name[3:]: raw.decode() for name, raw in headers if name.startswith("ce_")}
         except UnicodeDecodeError as exc:
             raise NotCloudEventError(f"a ce_ header is not UTF-8: {exc}") from exc
         return _envelope(attrs, _loads(value))

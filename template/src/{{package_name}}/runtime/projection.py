@@ -11,7 +11,7 @@ from typing import Annotated, Any, Generic, Literal, TypeVar, Union, cast
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 
-from .events import CloudEvent, InvalidEventError, decode
+from .events import OPTIONAL, REQUIRED, CloudEvent, InvalidEventError, binary_mode, decode
 
 S = TypeVar("S", bound=BaseModel)
 D = TypeVar("D", bound=BaseModel)
@@ -108,8 +108,7 @@ class Registry:
         self._upcasters = {upcaster.from_type: upcaster for upcaster in upcasters}
         self.ignored = frozenset(ignored)
         self.collections = {p.collection.name: p.collection for p in self.projections()}
-        self._events = self._event_models()
-        self._fast = _one_pass(self._events.values())
+        self._fast = _one_pass(self._event_models().values())
 
     def read(
         self, value: bytes | None, headers: Sequence[tuple[str, bytes]]
@@ -121,7 +120,7 @@ class Registry:
         pass over their JSON validates envelope and data. Anything else (binary mode, upcasts,
         and every invalid record, for the exact reason) takes the careful path of `changes()`.
         """
-        if self._fast is not None and value is not None and not _binary(headers):
+        if self._fast is not None and value is not None and not binary_mode(headers):
             try:
                 event = self._fast.validate_json(value)
             except ValidationError:
@@ -203,12 +202,9 @@ def _envelope_model(event_type: str, data: Any) -> type[Event[Any]]:
     """A structured-mode CloudEvent 1.0 of `event_type` whose data is `data`, as an Event."""
     fields: dict[str, Any] = {
         "specversion": (Literal["1.0"], ...),
-        "id": (Annotated[str, Field(min_length=1)], ...),
-        "source": (Annotated[str, Field(min_length=1)], ...),
+        **dict.fromkeys(REQUIRED, (Annotated[str, Field(min_length=1)], ...)),
+        **dict.fromkeys(OPTIONAL, (str | None, None)),
         "type": (Literal[event_type], ...),
-        "time": (str | None, None),
-        "subject": (str | None, None),
-        "datacontenttype": (str | None, None),
     }
     model = create_model(f"Event[{event_type}]", __base__=Event[data], **fields)
     return cast(type[Event[Any]], model)
@@ -223,10 +219,6 @@ def _one_pass(models: Iterable[type[Event[Any]]]) -> TypeAdapter[Event[Any]] | N
         return TypeAdapter(members[0])
     tagged = Annotated[Union[members], Field(discriminator="type")]  # type: ignore[valid-type]  # noqa: UP007
     return TypeAdapter(tagged)
-
-
-def _binary(headers: Sequence[tuple[str, bytes]]) -> bool:
-    return any(name == "ce_specversion" for name, _ in headers) if headers else False
 
 
 def _summary(error: ValidationError) -> str:

@@ -167,8 +167,6 @@ class _Batch:
     upstream: dict[TopicPartition, int]  # positions on the upstream topics
     states: dict[EntityRef, bytes]
     new: dict[TopicPartition, int]  # positions on the data topic
-    entities: int
-    positions: int
 
 
 async def load(
@@ -193,11 +191,17 @@ async def load(
     if export_id is None:
         log.info("no complete snapshot on %s: starting from the upstream topics alone", topic)
         return Summary(None, 0, 0)
-    stored = await readmodel.positions(tps)
+
+    async def resume() -> dict[TopicPartition, int | None]:
+        """Seek to where the load got to; returns the positions stored (None: not begun)."""
+        stored = await readmodel.positions(tps)
+        await seek(consumer, {tp: max(begin[tp], stored[tp] or 0) for tp in tps})
+        return stored
+
+    stored = await resume()
     if all(offset is None for offset in stored.values()):
         await readmodel.drop_entities()  # a fresh load: nothing may be there before it
-    total = sum(end[tp] - max(begin[tp], stored[tp] or 0) for tp in tps)
-    await seek(consumer, {tp: max(begin[tp], stored[tp] or 0) for tp in tps})
+    total = sum([end[tp] - await consumer.position(tp) for tp in tps])
     done = entities = positions = 0
     last_report = time.monotonic()
     committing: asyncio.Task[bool] | None = None  # the previous batch's commit
@@ -210,8 +214,7 @@ async def load(
             if committing is not None:
                 committed, committing = await committing, None
                 if not committed:  # another instance loads it too: carry on from where it got
-                    stored = await readmodel.positions(tps)
-                    await seek(consumer, {tp: max(begin[tp], stored[tp] or 0) for tp in tps})
+                    stored = await resume()
                     continue
             if finished:
                 break
@@ -228,7 +231,7 @@ async def load(
             )
             stored.update(batch.new)
             done += sum(len(records) for records in batches.values())
-            entities, positions = entities + batch.entities, positions + batch.positions
+            entities, positions = entities + len(batch.states), positions + len(batch.upstream)
             if progress and time.monotonic() - last_report > 0.5:
                 progress(done, total)
                 last_report = time.monotonic()
@@ -245,7 +248,7 @@ def _read_batch(
     export_id: bytes,
     collections: Mapping[str, Collection[Any]],
 ) -> _Batch:
-    batch = _Batch({}, {}, {}, 0, 0)
+    batch = _Batch({}, {}, {})
     for tp, records in batches.items():
         batch.new[tp] = records[-1].offset + 1
         for record in records:
@@ -259,11 +262,9 @@ def _read_batch(
                     log.warning("snapshot entity of unknown collection %r skipped", collection)
                     continue
                 batch.states[(collection, key)] = record.value
-                batch.entities += 1
             elif kind == b"position":
                 topic_name, partition = record.key.decode().rsplit(":", 1)
                 batch.upstream[TopicPartition(topic_name, int(partition))] = int(record.value)
-                batch.positions += 1
     return batch
 
 
