@@ -357,7 +357,6 @@ async def saga(run: str, count: int) -> list[Figure]:
 MINIMAL_APP = """
 import os
 from fastapi import FastAPI, Response
-from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
 app = FastAPI()
