@@ -34,7 +34,7 @@ import asyncio
 import zlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import orjson
 from aiokafka import TopicPartition
@@ -62,8 +62,7 @@ class ReadModelLostError(Exception):
     instance found it gone and is bootstrapping it again: it must be bootstrapped before use."""
 
 
-@dataclass(frozen=True, slots=True)
-class Link:
+class Link(NamedTuple):  # a tuple: a batch makes one per lookup change
     """An entry of a secondary lookup: `ref` has `value` under `lookup`."""
 
     ref: EntityRef
@@ -258,13 +257,16 @@ class ReadModel:
 
     def entity_slot(self, collection: str, key: str) -> tuple[str, str]:
         """The hash an entity lives in, and its field there."""
-        return f"{self._versioned}e:{collection}:{bucket_of(key)}", key
+        return self.bucket_key(collection, bucket_of(key)), key
 
     def lookup_slot(self, collection: str, lookup: str, value: str) -> tuple[str, str]:
         """The hash a lookup value lives in, and its field there (see the module's docstring)."""
         digest = zlib.crc32(value.encode())
         bucket, field = digest % BUCKETS, digest // BUCKETS
-        return self.versioned("lk", collection, lookup, str(bucket)), str(field)
+        return self.lookup_key(collection, lookup, bucket), str(field)
+
+    def lookup_key(self, collection: str, lookup: str, bucket: int) -> str:
+        return f"{self._versioned}lk:{collection}:{lookup}:{bucket}"
 
     def position_key(self, tp: TopicPartition) -> str:
         return self.versioned("pos", tp.topic, str(tp.partition))
@@ -304,11 +306,18 @@ class ReadModel:
         """Delete every key of this version; returns how many."""
         return await self._unlink(self.versioned("*"))
 
-    async def drop_entities(self) -> int:
-        """Delete the entities and lookups of this version (not its positions or markers)."""
-        return await self._unlink(self.versioned("e", "*")) + await self._unlink(
-            self.versioned("lk", "*")
-        )
+    async def drop_entities(self, collections: Mapping[str, Collection[Any]]) -> int:
+        """Delete the entities and lookups of `collections` in this version (not its positions or
+        markers). Their keys are known, so no SCAN walks the whole keyspace."""
+        keys = []
+        for name, collection in collections.items():
+            keys += [self.bucket_key(name, bucket) for bucket in range(BUCKETS)]
+            for lookup in collection.lookups:
+                keys += [self.lookup_key(name, lookup, bucket) for bucket in range(BUCKETS)]
+        deleted = 0
+        for start in range(0, len(keys), 1000):
+            deleted += await self.redis.unlink(*keys[start : start + 1000])
+        return deleted
 
     async def _unlink(self, pattern: str) -> int:
         deleted = 0
@@ -431,16 +440,21 @@ class ReadModel:
                 return False
             current = values[len(strings) :]
             writes = await fold(current)
-            outcome = await self._commit(expected, new, slots, current, writes, bootstrapping)
-            if outcome == b"frozen":
-                await asyncio.sleep(0.1)
-            elif outcome == b"pending":
-                raise ReadModelLostError("the read model is being bootstrapped again")
-            elif outcome == b"moved":
-                return False
-            elif outcome == b"ok":
-                return True
-            # b"changed": another consumer wrote an entity of the batch; read and fold again
+            done = await self._commit(expected, new, slots, current, writes, bootstrapping)
+            if done is not None:
+                return done
+            # None: another consumer wrote an entity of the batch; read and fold again
+
+    async def write(
+        self,
+        expected: Mapping[TopicPartition, int | None],
+        new: Mapping[TopicPartition, int],
+        writes: Writes,
+        *,
+        bootstrapping: bool = False,
+    ) -> bool:
+        """commit() for writes that depend on no stored entity (a bootstrap's): one round trip."""
+        return bool(await self._commit(expected, new, [], [], writes, bootstrapping))
 
     async def _commit(
         self,
@@ -450,32 +464,37 @@ class ReadModel:
         current: Sequence[bytes | None],
         writes: Writes,
         bootstrapping: bool,
-    ) -> bytes:
-        states = [self.entity_slot(*ref) for ref in writes.states]
-        links = [("-", link) for link in writes.unlinked] + [("+", link) for link in writes.linked]
-        lookups = [self.lookup_slot(link.ref[0], link.lookup, link.value) for _, link in links]
-        keys = [
-            self.version_key,
-            self.freeze_key,
-            self.bootstrap_key,
-            *(self.position_key(tp) for tp in expected),
-            *(self.position_key(tp) for tp in new),
-            *(key for key, _ in read),
-            *(key for key, _ in states),
-            *(key for key, _ in lookups),
-        ]
-        args: list[Any] = [len(expected), len(new), len(read), len(states)]
+    ) -> bool | None:
+        """Run _COMMIT, waiting out a freeze: True when written; False when the positions or the
+        version moved on; None when an entity `read` is no longer `current`."""
+        # KEYS and ARGV in the order _COMMIT reads them, section by section (one pass each).
+        keys = [self.version_key, self.freeze_key, self.bootstrap_key]
+        keys += [self.position_key(tp) for tp in expected]
+        keys += [self.position_key(tp) for tp in new]
+        args: list[Any] = [len(expected), len(new), len(read), len(writes.states)]
         args.append(self.version if self.live else "")
         args.append("1" if self.live and not bootstrapping else "0")
         args += ["" if offset is None else offset for offset in expected.values()]
         args += new.values()
-        for (_, name), json in zip(read, current, strict=True):
+        for (key, name), json in zip(read, current, strict=True):
+            keys.append(key)
             args += (name, b"" if json is None else b"=" + json)
-        for (_, name), state in zip(states, writes.states.values(), strict=True):
+        for (collection, name), state in writes.states.items():
+            keys.append(self.bucket_key(collection, bucket_of(name)))
             args += (name, state or b"")
-        for (op, link), (_, entry) in zip(links, lookups, strict=True):
-            args += (op, entry, link.ref[1])
-        return cast(bytes, await self.redis.eval(_COMMIT, len(keys), *keys, *args))
+        for op, links in (("-", writes.unlinked), ("+", writes.linked)):
+            for (collection, member), lookup, value in links:
+                key, entry = self.lookup_slot(collection, lookup, value)
+                keys.append(key)
+                args += (op, entry, member)
+        while True:
+            outcome = await self.redis.eval(_COMMIT, len(keys), *keys, *args)
+            if outcome != b"frozen":
+                break
+            await asyncio.sleep(0.1)  # a snapshot export is reading (in Redis): wait for it
+        if outcome == b"pending":
+            raise ReadModelLostError("the read model is being bootstrapped again")
+        return None if outcome == b"changed" else outcome == b"ok"
 
 
 def _cursor(after: str) -> tuple[int, str]:

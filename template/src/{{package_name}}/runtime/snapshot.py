@@ -21,7 +21,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -200,7 +200,7 @@ async def load(
 
     stored = await resume()
     if all(offset is None for offset in stored.values()):
-        await readmodel.drop_entities()  # a fresh load: nothing may be there before it
+        await readmodel.drop_entities(collections)  # a fresh load: nothing may be there before it
     total = sum([end[tp] - await consumer.position(tp) for tp in tps])
     done = entities = positions = 0
     last_report = time.monotonic()
@@ -211,6 +211,7 @@ async def load(
             if not finished:
                 batches = await consumer.getmany(timeout_ms=1000, max_records=LOAD_BATCH)
                 batch = _read_batch(batches, export_id.encode(), collections)
+                writes = _writes(collections, batch.states)
             if committing is not None:
                 committed, committing = await committing, None
                 if not committed:  # another instance loads it too: carry on from where it got
@@ -221,14 +222,14 @@ async def load(
             if not batch.new:
                 continue
             committing = asyncio.create_task(
-                readmodel.commit(
+                readmodel.write(
                     {tp: stored[tp] for tp in batch.new},
                     {**batch.upstream, **batch.new},
-                    [],
-                    _writing(collections, batch.states),
+                    writes,
                     bootstrapping=True,
                 )
             )
+            await asyncio.sleep(0)  # it sends the batch: Redis writes it while the next is read
             stored.update(batch.new)
             done += sum(len(records) for records in batches.values())
             entities, positions = entities + len(batch.states), positions + len(batch.upstream)
@@ -268,21 +269,15 @@ def _read_batch(
     return batch
 
 
-def _writing(
-    collections: Mapping[str, Collection[Any]], states: dict[EntityRef, bytes]
-) -> Callable[[list[bytes | None]], Awaitable[Writes]]:
-    """A fold that writes the exported JSON `states` as it is: only collections with lookups
-    decode them, to write their lookup entries."""
-
-    async def fold(_: list[bytes | None]) -> Writes:
-        writes = Writes(states=dict(states))
-        for ref, raw in states.items():
-            collection = collections[ref[0]]
-            if collection.lookups:
-                writes.relink(collection, ref, None, collection.loads(raw))
-        return writes
-
-    return fold
+def _writes(collections: Mapping[str, Collection[Any]], states: dict[EntityRef, bytes]) -> Writes:
+    """The exported JSON `states` as they are: only collections with lookups decode them, to
+    write their lookup entries."""
+    writes = Writes(states=dict(states))
+    for ref, raw in states.items():
+        collection = collections[ref[0]]
+        if collection.lookups:
+            writes.relink(collection, ref, None, collection.loads(raw))
+    return writes
 
 
 async def _last_complete_export(
