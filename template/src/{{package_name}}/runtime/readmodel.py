@@ -114,8 +114,8 @@ return out
 
 # Commits a batch if what it was folded from still holds, in four parts whose sizes are ARGV[1..4]:
 # positions expected (KEYS: position; ARGV: offset, '' for none), positions written (position;
-# offset), entities read (hash; field, and '=' .. JSON or '' when absent), entities written (hash;
-# field, JSON or '' to delete). The lookup changes follow (hash; '+' or '-', field, entity key):
+# offset), entities read (hash; field, and JSON or '' when absent: JSON is never empty), entities
+# written (hash; field, JSON or '' to delete). The lookup changes follow (hash; '+' or '-', field, entity key):
 # one entity key is stored as it is, several (or one that starts with '[') as a JSON list.
 # KEYS[1..3] are the version pointer, the freeze and the bootstrap marker; ARGV[5] is the version
 # ('' when not live), ARGV[6] '1' when a pending bootstrap must stop the commit. Returns 'ok', or
@@ -135,7 +135,7 @@ end
 local positions, entities = k + expected, a + expected + written
 for i = 1, read do
   local json = redis.call('HGET', KEYS[positions + written + i], ARGV[entities + 2 * i - 1])
-  if (json and '=' .. json or '') ~= ARGV[entities + 2 * i] then return 'changed' end
+  if (json or '') ~= ARGV[entities + 2 * i] then return 'changed' end
 end
 for i = 1, written do
   redis.call('SET', KEYS[positions + i], ARGV[a + expected + i])
@@ -478,7 +478,7 @@ class ReadModel:
         args += new.values()
         for (key, name), json in zip(read, current, strict=True):
             keys.append(key)
-            args += (name, b"" if json is None else b"=" + json)
+            args += (name, json or b"")
         for (collection, name), state in writes.states.items():
             keys.append(self.bucket_key(collection, bucket_of(name)))
             args += (name, state or b"")
