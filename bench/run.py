@@ -548,6 +548,9 @@ def write_page(table: str) -> None:
 
 
 async def measure(project: Path, quick: bool) -> list[Figure]:
+    from personabff.runtime.service import tune_gc
+
+    tune_gc()  # as `serve` does at start: what the service measured here runs with
     run = f"bench{uuid.uuid4().hex[:8]}"
     count = 50_000 if quick else 200_000
     try:
@@ -555,9 +558,7 @@ async def measure(project: Path, quick: bool) -> list[Figure]:
         figures.append(await memory(settings))
         figures.append(await bootstrap(settings))
         figures += await saga(f"{run}saga", 100 if quick else 500)
-        figures += await asyncio.to_thread(
-            query, project, settings, 5 if quick else 15, 2 if quick else 3
-        )
+        figures += await asyncio.to_thread(query, project, settings, 3 if quick else 10, 5)
         return figures
     finally:
         async with Redis.from_url(REDIS) as redis:

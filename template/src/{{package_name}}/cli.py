@@ -70,8 +70,10 @@ def serve(
     logs.configure(settings.log_level, settings.log_format)
     tracing.configure(settings.service_name)
     _run_job(_preflight(settings))
+    app = create_app(settings)
+    service.tune_gc()
     uvicorn.run(
-        create_app(settings),
+        app,
         host=host or settings.http_host,
         port=port or settings.http_port,
         log_config=None,  # uvicorn's loggers go through the root handler logs.configure set up

@@ -115,8 +115,9 @@ return out
 # Commits a batch if what it was folded from still holds, in four parts whose sizes are ARGV[1..4]:
 # positions expected (KEYS: position; ARGV: offset, '' for none), positions written (position;
 # offset), entities read (hash; field, and JSON or '' when absent: JSON is never empty), entities
-# written (hash; field, JSON or '' to delete). The lookup changes follow (hash; '+' or '-', field, entity key):
-# one entity key is stored as it is, several (or one that starts with '[') as a JSON list.
+# written (hash; field, JSON or '' to delete). The lookup changes follow (hash; '+' or '-', field,
+# entity key): one entity key is stored as it is, several (or one that starts with '[') as a JSON
+# list.
 # KEYS[1..3] are the version pointer, the freeze and the bootstrap marker; ARGV[5] is the version
 # ('' when not live), ARGV[6] '1' when a pending bootstrap must stop the commit. Returns 'ok', or
 # what stopped it: 'frozen', 'pending', 'moved' (positions or version) or 'changed'.
