@@ -521,6 +521,7 @@ def plot(figures: list[Figure]) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     names = [f.name for f in figures]
     # How far each figure is from its target, as a multiple of it: > 1 means met.
@@ -530,6 +531,12 @@ def plot(figures: list[Figure]) -> None:
     ax.barh(names, scores, color=colours)
     ax.axvline(1.0, color="black", linestyle="--", linewidth=1)
     ax.set_xscale("log")
+    ticks = [
+        t for t in (0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20) if min(scores) / 2 <= t <= max(scores) * 2
+    ]
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xlim(min(scores) / 2, max(scores) * 2)
     ax.set_xlabel("share of target reached (log scale; ≥ 1 is met)")
     ax.invert_yaxis()
     for y, score in enumerate(scores):
