@@ -71,7 +71,7 @@ def serve(
     tracing.configure(settings.service_name)
     _run_job(_preflight(settings))
     app = create_app(settings)
-    service.tune_gc()
+    service.tune_gc()  # what start-up made is frozen, so full collections skip it
     uvicorn.run(
         app,
         host=host or settings.http_host,

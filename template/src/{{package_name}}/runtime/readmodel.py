@@ -151,23 +151,28 @@ for i = 1, states do
 end
 k, a = k + states, a + 2 * states
 for i = 1, #KEYS - k do
-  local op, value, member = ARGV[a + 3 * i - 2], ARGV[a + 3 * i - 1], ARGV[a + 3 * i]
-  local raw = redis.call('HGET', KEYS[k + i], value)
-  local kept = {}
-  if raw then
-    local others = {raw}
-    if string.sub(raw, 1, 1) == '[' then others = cjson.decode(raw) end
-    for _, other in ipairs(others) do
-      if other ~= member then kept[#kept + 1] = other end
+  local key, op = KEYS[k + i], ARGV[a + 3 * i - 2]
+  local value, member = ARGV[a + 3 * i - 1], ARGV[a + 3 * i]
+  -- Most values have a field of their own: adding one is then a single call.
+  local bare = op == '+' and string.sub(member, 1, 1) ~= '['
+  if not (bare and redis.call('HSETNX', key, value, member) == 1) then
+    local raw = redis.call('HGET', key, value)
+    local kept = {}
+    if raw then
+      local others = {raw}
+      if string.sub(raw, 1, 1) == '[' then others = cjson.decode(raw) end
+      for _, other in ipairs(others) do
+        if other ~= member then kept[#kept + 1] = other end
+      end
     end
-  end
-  if op == '+' then kept[#kept + 1] = member end
-  if #kept == 0 then
-    redis.call('HDEL', KEYS[k + i], value)
-  elseif #kept == 1 and string.sub(kept[1], 1, 1) ~= '[' then
-    redis.call('HSET', KEYS[k + i], value, kept[1])
-  else
-    redis.call('HSET', KEYS[k + i], value, cjson.encode(kept))
+    if op == '+' then kept[#kept + 1] = member end
+    if #kept == 0 then
+      redis.call('HDEL', key, value)
+    elseif #kept == 1 and string.sub(kept[1], 1, 1) ~= '[' then
+      redis.call('HSET', key, value, kept[1])
+    else
+      redis.call('HSET', key, value, cjson.encode(kept))
+    end
   end
 end
 return 'ok'
