@@ -564,7 +564,7 @@ async def measure(project: Path, quick: bool) -> list[Figure]:
         figures, settings = await projection(run, count, naive_count=5_000 if quick else 20_000)
         figures.append(await memory(settings))
         figures.append(await bootstrap(settings))
-        figures += await saga(f"{run}saga", 100 if quick else 500)
+        figures += await saga(f"{run}saga", 300 if quick else 1000)
         figures += await asyncio.to_thread(query, project, settings, 3 if quick else 10, 5)
         return figures
     finally:
