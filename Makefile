@@ -27,7 +27,7 @@ stop-services:  ## Stop them (data is kept)
 	scripts/services.sh stop
 
 test: install services lint docs  ## Everything: render every variant, lint, type-check, run generated suites, faults
-	. <(scripts/services.sh env) && $(PY) -m pytest -n 2 -m "not faults"
+	. <(scripts/services.sh env) && $(PY) -m pytest -n 2 --dist loadgroup -m "not faults"
 	. <(scripts/services.sh env) && $(PY) -m pytest -m faults
 
 faults: install services  ## The fault suite alone: crashes, bad input, load; writes docs/reliability.md

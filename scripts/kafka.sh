@@ -9,7 +9,7 @@
 # config, data and logs live in ${BFF_RUN_DIR:-~/.cache/bff-template/run}/kafka.
 # `stop` keeps the data; `clean` stops and deletes it.
 # Env: KAFKA_PORT (39092), KAFKA_CONTROLLER_PORT (39093), KAFKA_NUM_PARTITIONS (1),
-#      KAFKA_HEAP_OPTS (-Xms256m -Xmx1g), KAFKA_LOG_LEVEL (WARN),
+#      KAFKA_HEAP_OPTS (-Xms256m -Xmx1g), KAFKA_LOG_LEVEL (WARN), KAFKA_START_TIMEOUT (120),
 #      KAFKA_EXTRA_CONFIG: a server.properties fragment appended to the generated one (a later key
 #        wins, so it may redefine listeners, e.g. add SSL and SASL_SSL ones beside PLAINTEXT),
 #      KAFKA_FORMAT_ARGS: extra arguments, split on whitespace, to `kafka-storage format` on first
@@ -31,7 +31,7 @@ libs=$cache/libs
 run=${BFF_RUN_DIR:-$HOME/.cache/bff-template/run}/kafka
 pidfile=$run/kafka.pid
 logfile=$run/logs/kafka.out
-start_timeout=90
+start_timeout=${KAFKA_START_TIMEOUT:-120} # seconds; a loaded 2-core machine needs far more than a quiet one
 
 # Kafka's published poms bring no logging backend and still use slf4j 1.7, so the binding is
 # log4j-slf4j-impl (not log4j-slf4j2-impl). kafka-tools provides TopicCommand (used for the
@@ -206,7 +206,7 @@ start() {
       -Djava.awt.headless=true -Dkafka.logs.dir="$run/logs" \
       -Dlog4j2.configurationFile="$run/log4j2.properties" \
       -cp "$libs/*" kafka.Kafka "$run/server.properties" >>"$logfile" 2>&1 </dev/null &
-    wait_for 5 test -s "$pidfile" || fail_start "no pid file written"
+    wait_for 30 test -s "$pidfile" || fail_start "no pid file written within 30s"
   fi
   until answering; do
     running || fail_start "the broker exited during startup"

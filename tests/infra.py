@@ -32,7 +32,21 @@ class OwnKafka:
         }
 
     def _script(self, command: str) -> None:
-        subprocess.run([ROOT / "scripts/kafka.sh", command], env=self.env, check=True, timeout=180)
+        done = subprocess.run(
+            [ROOT / "scripts/kafka.sh", command],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        # kafka.sh's own words (and, on a failed start, the broker log's last lines) go into the
+        # error itself: a report that shows only the exception still says why.
+        if done.returncode != 0:
+            raise RuntimeError(
+                f"scripts/kafka.sh {command} exited {done.returncode} with {self.bootstrap}:\n"
+                f"{done.stdout}{done.stderr}"
+            )
 
     def start(self) -> None:
         self._script("start")

@@ -1,6 +1,7 @@
 """A rendered project's service, run as a real process: `python -m <package> serve`."""
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -12,12 +13,21 @@ from pathlib import Path
 import httpx
 import pytest
 
+# Below Linux's ephemeral range (32768-60999): a port chosen here cannot be taken by some client's
+# outgoing connection between choosing it and the server binding it, as a port the kernel hands
+# out for bind(0) can be on a machine busy with parallel tests.
+_PORTS = range(20000, 32768)
+
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    for port in random.sample(_PORTS, 200):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {_PORTS}")
 
 
 def until(check: Callable[[], bool], within: float = 60) -> None:

@@ -18,7 +18,8 @@ from .helpers import assert_ok, render, run
 from .infra import Certificates, OwnRedis, SecureKafka
 from .served import Served, until
 
-pytestmark = pytest.mark.services
+# One worker runs the whole module: one secure broker per run, not one per xdist worker.
+pytestmark = [pytest.mark.services, pytest.mark.xdist_group("secure")]
 
 Env = dict[str, str]
 REDIS_USER = ("projector", "redis-acl-pass")
