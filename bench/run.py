@@ -6,13 +6,15 @@ Renders the template with default answers, then measures, against the real Kafka
 KAFKA_BOOTSTRAP_SERVERS and REDIS_URL (`make bench` starts both):
 
     projection  events/s into the read model    vs raw getmany, and a naive SET-per-event consumer
+                                                (and, for reference, the issue's prototype)
     query       GET /personas/{id} req/s, p99   vs a minimal FastAPI app doing one Redis GET (wrk)
     bootstrap   snapshot records/s loaded       vs raw consume of the data topic
     saga        command -> reply round trip     p50 and p99, absolute
     memory      Redis bytes per entity          vs the entity's JSON size
 
 It prints each figure with its ratio and target (machines here are noisy and shared, so only
-ratios measured in the same run mean anything), writes bench/results/latest.json, the plot
+ratios measured in the same run mean anything, and each ratio is the median of rounds in which
+the service and its baseline run back to back), writes bench/results/latest.json, the plot
 docs/img/benchmarks.png and the table in docs/benchmarks.md.
 """
 
@@ -210,28 +212,13 @@ async def prototype_consume(run: str, topic: str, count: int) -> float:
         await redis.aclose()
 
 
-async def projection(run: str, count: int, naive_count: int) -> tuple[list[Figure], Any]:
-    from personabff.projections import REGISTRY
-    from personabff.runtime.kafka import create_topics, own_topics
-    from personabff.runtime.projector import Projector
-    from personabff.runtime.readmodel import ReadModel
-    from personabff.runtime.redis import redis_client
-
-    settings = settings_for(run)
-    [topic] = settings.upstream_topics
-    await create_topics(settings, [topic, *own_topics(settings)], partitions=3)
-    say(f"projection: producing {count:,} events")
-    await produce(topic, persona_events(count))
-
-    say("projection: raw getmany")
-    raw = await raw_consume(topic, count)
-
-    say(f"projection: naive consumer ({naive_count:,} events, one SET each, auto-commit)")
+async def naive_consume(run: str, topic: str, count: int) -> float:
+    """Events/s of a consumer that awaits one Redis SET per event, auto-committing."""
     redis = Redis.from_url(REDIS)
     consumer, _ = await assigned_consumer(topic)
     try:
         seen, start = 0, time.perf_counter()
-        while seen < naive_count:
+        while seen < count:
             batches = await consumer.getmany(timeout_ms=1000, max_records=500)
             for records in batches.values():
                 for record in records:
@@ -240,17 +227,21 @@ async def projection(run: str, count: int, naive_count: int) -> tuple[list[Figur
                         f"{run}:naive:{event['data']['persona_id']}", orjson.dumps(event["data"])
                     )
                     seen += 1
-        naive = seen / (time.perf_counter() - start)
+        return seen / (time.perf_counter() - start)
     finally:
         await consumer.stop()
+        await redis.aclose()
 
-    say("projection: the issue's prototype projector (no validation, lookups or checks)")
-    prototype = await prototype_consume(run, topic, count)
 
-    say("projection: the service's projector")
-    await redis.aclose()
+async def project(settings: Any, prefix: str, topic: str, count: int) -> float:
+    """Events/s of the service's projector, from the start of `topic` into an empty read model."""
+    from personabff.projections import REGISTRY
+    from personabff.runtime.projector import Projector
+    from personabff.runtime.readmodel import ReadModel
+    from personabff.runtime.redis import redis_client
+
     redis = redis_client(REDIS)  # the service's client
-    readmodel = ReadModel(redis, settings.redis_key_prefix)
+    readmodel = ReadModel(redis, prefix)
     await readmodel.initialise()
     await readmodel.bootstrapped()  # no snapshot to load: project from the start
     consumer, tps = await assigned_consumer(topic, isolation_level="read_committed")
@@ -270,32 +261,67 @@ async def projection(run: str, count: int, naive_count: int) -> tuple[list[Figur
         await projector.on_partitions_assigned(tps)
         start = time.perf_counter()
         await projector.run(until=end)
-        service = count / (time.perf_counter() - start)
+        return count / (time.perf_counter() - start)
     finally:
         await consumer.stop()
         await producer.stop()
         await redis.aclose()
+
+
+async def projection(
+    run: str, count: int, naive_count: int, rounds: int
+) -> tuple[list[Figure], Any]:
+    """Rounds of: raw getmany, the prototype, the service's projector, one after the other, so
+    each round's three see the same phase of a shared machine; ratios are medians of the rounds'.
+    The first round projects into the read model that the memory and bootstrap figures use."""
+    from personabff.runtime.kafka import create_topics, own_topics
+
+    settings = settings_for(run)
+    [topic] = settings.upstream_topics
+    await create_topics(settings, [topic, *own_topics(settings)], partitions=3)
+    say(f"projection: producing {count:,} events")
+    await produce(topic, persona_events(count))
+
+    say(f"projection: naive consumer ({naive_count:,} events, one SET each, auto-commit)")
+    naive = await naive_consume(run, topic, naive_count)
+    raw: list[float] = []
+    prototype: list[float] = []
+    service: list[float] = []
+    for n in range(rounds):
+        say(f"projection: round {n + 1} of {rounds}: raw getmany, prototype, service's projector")
+        raw.append(await raw_consume(topic, count))
+        prototype.append(await prototype_consume(f"{run}r{n}", topic, count))
+        prefix = settings.redis_key_prefix if n == 0 else f"{settings.redis_key_prefix}.r{n}"
+        service.append(await project(settings, prefix, topic, count))
+
+    def median_ratio(over: list[float]) -> float:
+        return statistics.median(s / b for s, b in zip(service, over, strict=True))
+
+    rate = statistics.median(service)
+    note = f"median of {rounds} rounds"
     return [
-        Figure("projection vs raw getmany", service, raw, "events/s", service / raw, 0.4, True, ""),
         Figure(
-            "projection vs naive consumer",
-            service,
-            naive,
+            "projection vs raw getmany",
+            rate,
+            statistics.median(raw),
             "events/s",
-            service / naive,
-            20,
+            median_ratio(raw),
+            0.4,
             True,
-            "",
+            note,
         ),
+        Figure("projection vs naive consumer", rate, naive, "events/s", rate / naive, 20, True, ""),
         Figure(
             "projection vs prototype",
-            service,
-            prototype,
+            rate,
+            statistics.median(prototype),
             "events/s",
-            service / prototype,
+            median_ratio(prototype),
             None,
             True,
-            f"reference: the prototype alone is {prototype / raw:.2f}x raw getmany",
+            f"reference: the prototype is"
+            f" {statistics.median(p / r for p, r in zip(prototype, raw, strict=True)):.2f}x raw"
+            f" getmany; {note}",
         ),
     ], settings
 
@@ -341,7 +367,9 @@ async def memory(settings: Any) -> Figure:
     )
 
 
-async def bootstrap(settings: Any) -> Figure:
+async def bootstrap(settings: Any, rounds: int) -> Figure:
+    """Rounds of: raw consume of the data topic, then the service's load of it into an empty read
+    model; the ratio is the median of the rounds'."""
     from personabff.projections import REGISTRY
     from personabff.runtime import ops, snapshot
     from personabff.runtime.kafka import new_consumer
@@ -351,30 +379,35 @@ async def bootstrap(settings: Any) -> Figure:
     say("bootstrap: exporting the projected read model as a snapshot")
     summary = await ops.export_snapshot(settings, settings.data_topic)
     records = summary.entities + summary.positions + 1
-    raw = await raw_consume(settings.data_topic, records)
-    say(f"bootstrap: loading {records:,} records into an empty read model")
-    redis = redis_client(REDIS)  # the service's client
-    target = ReadModel(redis, f"{settings.redis_key_prefix}.copy")
-    await target.initialise()
-    consumer = new_consumer(settings, group_id=None)  # the service's bootstrap consumer
-    await consumer.start()
-    await asyncio.sleep(0)
-    try:
-        start = time.perf_counter()
-        await snapshot.load(target, consumer, settings, REGISTRY.collections, settings.data_topic)
-        rate = records / (time.perf_counter() - start)
-    finally:
-        await consumer.stop()
-        await redis.aclose()
+    raw: list[float] = []
+    load: list[float] = []
+    for n in range(rounds):
+        say(f"bootstrap: round {n + 1} of {rounds}: raw consume, then loading {records:,} records")
+        raw.append(await raw_consume(settings.data_topic, records))
+        redis = redis_client(REDIS)  # the service's client
+        target = ReadModel(redis, f"{settings.redis_key_prefix}.copy{n}")
+        await target.initialise()
+        consumer = new_consumer(settings, group_id=None)  # the service's bootstrap consumer
+        await consumer.start()
+        await asyncio.sleep(0)
+        try:
+            start = time.perf_counter()
+            await snapshot.load(
+                target, consumer, settings, REGISTRY.collections, settings.data_topic
+            )
+            load.append(records / (time.perf_counter() - start))
+        finally:
+            await consumer.stop()
+            await redis.aclose()
     return Figure(
         "bootstrap vs raw consume",
-        rate,
-        raw,
+        statistics.median(load),
+        statistics.median(raw),
         "records/s",
-        rate / raw,
+        statistics.median(done / baseline for done, baseline in zip(load, raw, strict=True)),
         0.5,
         True,
-        f"{records:,} records",
+        f"{records:,} records; median of {rounds} rounds",
     )
 
 
@@ -634,11 +667,13 @@ async def measure(project: Path, quick: bool) -> list[Figure]:
     run = f"bench{uuid.uuid4().hex[:8]}"
     count = 50_000 if quick else 200_000
     try:
-        figures, settings = await projection(run, count, naive_count=5_000 if quick else 20_000)
+        figures, settings = await projection(
+            run, count, naive_count=5_000 if quick else 20_000, rounds=3
+        )
         figures.append(await memory(settings))
-        figures.append(await bootstrap(settings))
+        figures.append(await bootstrap(settings, rounds=3))
         figures += await saga(f"{run}saga", 300 if quick else 1000)
-        figures += await asyncio.to_thread(query, project, settings, 3 if quick else 10, 5)
+        figures += await asyncio.to_thread(query, project, settings, 3 if quick else 10, 7)
         return figures
     finally:
         async with Redis.from_url(REDIS) as redis:
