@@ -192,9 +192,8 @@ async def prototype_consume(run: str, topic: str, count: int) -> float:
                     if event["type"] == "persona.created.v1":
                         state = {**data, "renames": 0}
                     elif persona_id in personas:
-                        state = personas[persona_id]
-                        state = {**state, "name": data["display_name"]}
-                        state["renames"] += 1
+                        old = personas[persona_id]
+                        state = {**old, "name": data["display_name"], "renames": old["renames"] + 1}
                     else:
                         continue
                     personas[persona_id] = state
