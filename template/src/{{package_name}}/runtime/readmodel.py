@@ -309,8 +309,10 @@ class ReadModel:
         return moved
 
     async def drop(self) -> int:
-        """Delete every key of this version; returns how many."""
-        return await self._unlink(self.versioned("*"))
+        """Delete every key of this version; returns how many. (A version has a few thousand
+        keys, whatever its entities: they live in buckets.)"""
+        keys = [key async for key in self.redis.scan_iter(match=self.versioned("*"), count=1000)]
+        return await self._unlink(keys)
 
     async def drop_entities(self, collections: Mapping[str, Collection[Any]]) -> int:
         """Delete the entities and lookups of `collections` in this version (not its positions or
@@ -320,21 +322,12 @@ class ReadModel:
             keys += [self.bucket_key(name, bucket) for bucket in range(BUCKETS)]
             for lookup in collection.lookups:
                 keys += [self.lookup_key(name, lookup, bucket) for bucket in range(BUCKETS)]
-        deleted = 0
-        for start in range(0, len(keys), 1000):
-            deleted += await self.redis.unlink(*keys[start : start + 1000])
-        return deleted
+        return await self._unlink(keys)
 
-    async def _unlink(self, pattern: str) -> int:
+    async def _unlink(self, keys: Sequence[str | bytes]) -> int:
         deleted = 0
-        batch: list[bytes] = []
-        async for key in self.redis.scan_iter(match=pattern, count=1000):
-            batch.append(key)
-            if len(batch) >= 1000:
-                deleted += await self.redis.unlink(*batch)
-                batch = []
-        if batch:
-            deleted += await self.redis.unlink(*batch)
+        for start in range(0, len(keys), 1000):  # bounded commands
+            deleted += await self.redis.unlink(*keys[start : start + 1000])
         return deleted
 
     async def get(self, collection: str, key: str) -> bytes | None:
