@@ -377,7 +377,7 @@ async def bootstrap(settings: Any, rounds: int) -> Figure:
 
     say("bootstrap: exporting the projected read model as a snapshot")
     summary = await ops.export_snapshot(settings, settings.data_topic)
-    records = summary.entities + summary.positions + 1
+    records = summary.entities + summary.lookup_entries + summary.positions + 1
     raw: list[float] = []
     load: list[float] = []
     for n in range(rounds):

@@ -134,7 +134,10 @@ def snapshot_export(
     settings = load_settings()
     with _progress_bar("exporting") as progress:
         summary = _run_job(ops.export_snapshot(settings, to or settings.data_topic, progress))
-    typer.echo(f"exported {summary.entities} entities and {summary.positions} positions")
+    typer.echo(
+        f"exported {summary.entities} entities, {summary.lookup_entries} lookup entries"
+        f" and {summary.positions} positions"
+    )
 
 
 @cli.command()

@@ -72,11 +72,13 @@ class Link(NamedTuple):  # a tuple: a batch makes one per lookup change
 
 @dataclass
 class Writes:
-    """The outcome of folding a batch: new entity states (None deletes) and lookup changes."""
+    """The outcome of folding a batch: new entity states (None deletes) and lookup changes; or,
+    from a snapshot, hash entries written as they were exported."""
 
     states: dict[EntityRef, bytes | None] = field(default_factory=dict)
     linked: list[Link] = field(default_factory=list)
     unlinked: list[Link] = field(default_factory=list)
+    entries: list[tuple[str, str, bytes]] = field(default_factory=list)  # (hash, field, value)
 
     def relink(self, collection: Collection[Any], ref: EntityRef, old: Any, new: Any) -> None:
         """Add the lookup changes of `ref` going from state `old` to `new` (None: absent)."""
@@ -115,9 +117,9 @@ return out
 # Commits a batch if what it was folded from still holds, in four parts whose sizes are ARGV[1..4]:
 # positions expected (KEYS: position; ARGV: offset, '' for none), positions written (position;
 # offset), entities read (hash; field, and JSON or '' when absent: JSON is never empty), entities
-# written (hash; field, JSON or '' to delete). The lookup changes follow (hash; '+' or '-', field,
-# entity key): one entity key is stored as it is, several (or one that starts with '[') as a JSON
-# list.
+# written (hash; field, JSON or '' to delete; a snapshot's lookup entries, as they were, too). The
+# lookup changes follow (hash; '+' or '-', field, entity key): one entity key is stored as it is,
+# several (or one that starts with '[') as a JSON list.
 # KEYS[1..3] are the version pointer, the freeze and the bootstrap marker; ARGV[5] is the version
 # ('' when not live), ARGV[6] '1' when a pending bootstrap must stop the commit. Returns 'ok', or
 # what stopped it: 'frozen', 'pending', 'moved' (positions or version) or 'changed'.
@@ -470,7 +472,8 @@ class ReadModel:
         keys = [self.version_key, self.freeze_key, self.bootstrap_key]
         keys += [self.position_key(tp) for tp in expected]
         keys += [self.position_key(tp) for tp in new]
-        args: list[Any] = [len(expected), len(new), len(read), len(writes.states)]
+        states = len(writes.states) + len(writes.entries)
+        args: list[Any] = [len(expected), len(new), len(read), states]
         args.append(self.version if self.live else "")
         args.append("1" if self.live and not bootstrapping else "0")
         args += ["" if offset is None else offset for offset in expected.values()]
@@ -481,6 +484,9 @@ class ReadModel:
         for (collection, name), state in writes.states.items():
             keys.append(self.bucket_key(collection, bucket_of(name)))
             args += (name, state or b"")
+        for bucket, name, raw in writes.entries:
+            keys.append(bucket)
+            args += (name, raw)
         for op, links in (("-", writes.unlinked), ("+", writes.linked)):
             for (collection, member), lookup, value in links:
                 key, entry = self.lookup_slot(collection, lookup, value)

@@ -4,14 +4,23 @@ Format. One export is a set of records, spread over the topic's partitions, each
 `snapshot.export` (the export's id) and `snapshot.kind`:
 
     entity    key `<collection>:<entity key>`     value: the entity's JSON
+    lookup    key `<collection>:<lookup>:<bucket>:<field>`
+                                                  value: the lookup entry as stored (readmodel.py)
     position  key `<topic>:<partition>`           value: the next offset to apply there (ASCII)
     end       key `end`                           value: {"export", "entities", "positions",
-                                                          "exported_at"} (JSON)
+                                                          "lookups", "exported_at"} (JSON)
 
 The `end` record is written only once every other record of the export is acknowledged, so an export
 without one is incomplete and ignored. Loading takes the last complete export: its entities, and its
 positions as where the projector starts on the upstream topics (from the earliest retained event
 where it has none). Once its `end` record is written, an export deletes the records before it.
+
+Lookup entries are exported as they are stored, so loading writes them without decoding a single
+entity. `lookups` in the `end` record names the lookups exported, per collection. Where a
+collection's lookups are no longer those (added, removed or renamed since), or an older export has
+no lookup records, loading computes them from the entities instead. A lookup that computes
+something else under the same name needs a rebuild, as a changed projection does (the projector,
+too, trusts that stored entries came from the current functions).
 
 Exporting freezes the projector (not the queries) while it reads, so entities and positions agree.
 Loading keeps its position in the data topic in Redis like any projection, so a crash resumes it.
@@ -21,6 +30,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -48,6 +58,7 @@ class Summary:
     export: str | None
     entities: int
     positions: int
+    lookup_entries: int = 0  # exported; or loaded as they were exported
 
 
 # ---------------------------------------------------------------------------------------- export
@@ -78,45 +89,69 @@ async def export(
             )
             for tp, offset in positions.items()
         ]
-        total = await readmodel.count()
-        entities = 0
-        buckets = readmodel.versioned("e", "")
-        async for bucket in redis.scan_iter(match=buckets + "*", count=500):
-            collection = bucket.decode()[len(buckets) :].rsplit(":", 1)[0]
-            async for key, value in redis.hscan_iter(bucket, count=500):
+        # Every hash to export: its record kind, its key, and the key prefix of its records.
+        hashes: list[tuple[bytes, bytes, str]] = []
+        for key, rest in (await _hashes(readmodel, "e")).items():  # <collection>:<bucket>
+            hashes.append((b"entity", key, rest.rsplit(":", 1)[0]))
+        lookups: dict[str, set[str]] = {}
+        for key, rest in (await _hashes(readmodel, "lk")).items():  # <collection>:<lookup>:<bucket>
+            hashes.append((b"lookup", key, rest))
+            collection, lookup = rest.rsplit(":", 1)[0].split(":", 1)
+            lookups.setdefault(collection, set()).add(lookup)
+        total = await _entries(readmodel, [key for _, key, _ in hashes])
+        exported: Counter[bytes] = Counter()
+        for kind, key, prefix in hashes:
+            async for name, value in redis.hscan_iter(key, count=500):
                 sent.append(
                     await producer.send(
                         topic,
                         value,
-                        key=f"{collection}:{key.decode()}".encode(),
-                        headers=[*headers, (KIND, b"entity")],
+                        key=f"{prefix}:{name.decode()}".encode(),
+                        headers=[*headers, (KIND, kind)],
                     )
                 )
-                entities += 1
+                exported[kind] += 1
             if len(sent) >= 5000:
                 await asyncio.gather(*sent)
                 sent = []
                 await redis.expire(readmodel.freeze_key, FREEZE_TTL_S)
                 if progress:
-                    progress(entities, total)
+                    progress(exported.total(), total)
         await asyncio.gather(*sent)
         await producer.flush()
         end = {
             "export": export_id,
-            "entities": entities,
+            "entities": exported[b"entity"],
             "positions": len(positions),
+            "lookups": {collection: sorted(names) for collection, names in lookups.items()},
             "exported_at": datetime.now(UTC).isoformat(),
         }
         await producer.send_and_wait(
             topic, orjson.dumps(end), key=b"end", headers=[*headers, (KIND, b"end")]
         )
         if progress:
-            progress(entities, total)
+            progress(total, total)
     finally:
         if await redis.get(readmodel.freeze_key) == export_id.encode():
             await redis.delete(readmodel.freeze_key)
     await _delete_before(settings, before)
-    return Summary(export_id, entities, len(positions))
+    return Summary(export_id, exported[b"entity"], len(positions), exported[b"lookup"])
+
+
+async def _hashes(readmodel: ReadModel, part: str) -> dict[bytes, str]:
+    """The version's hashes under `part` (readmodel.py): key -> the rest of the key after it."""
+    prefix = readmodel.versioned(part, "")
+    return {
+        key: key.decode()[len(prefix) :]
+        async for key in readmodel.redis.scan_iter(match=prefix + "*", count=1000)
+    }
+
+
+async def _entries(readmodel: ReadModel, keys: list[bytes]) -> int:
+    async with readmodel.redis.pipeline(transaction=False) as pipe:
+        for key in keys:
+            pipe.hlen(key)
+        return sum(await pipe.execute())
 
 
 async def _positions(readmodel: ReadModel) -> dict[TopicPartition, int]:
@@ -166,6 +201,7 @@ class _Batch:
 
     upstream: dict[TopicPartition, int]  # positions on the upstream topics
     states: dict[EntityRef, bytes]
+    entries: list[tuple[str, str, bytes]]  # lookup entries: (hash, field, value)
     new: dict[TopicPartition, int]  # positions on the data topic
 
 
@@ -187,10 +223,17 @@ async def load(
     consumer.assign(tps)
     begin: dict[TopicPartition, int] = await consumer.beginning_offsets(tps)
     end: dict[TopicPartition, int] = await consumer.end_offsets(tps)
-    export_id = await _last_complete_export(consumer, begin, end)
-    if export_id is None:
+    last = await _last_complete_export(consumer, begin, end)
+    if last is None:
         log.info("no complete snapshot on %s: starting from the upstream topics alone", topic)
         return Summary(None, 0, 0)
+    export_id = last["export"]
+    exported = last.get("lookups", {})  # an older export has none
+    as_exported = {  # collections whose lookup entries are loaded as they were exported
+        name
+        for name, collection in collections.items()
+        if collection.lookups and set(exported.get(name, ())) == collection.lookups.keys()
+    }
 
     async def resume() -> dict[TopicPartition, int | None]:
         """Seek to where the load got to; returns the positions stored (None: not begun)."""
@@ -202,7 +245,7 @@ async def load(
     if all(offset is None for offset in stored.values()):
         await readmodel.drop_entities(collections)  # a fresh load: nothing may be there before it
     total = sum([end[tp] - await consumer.position(tp) for tp in tps])
-    done = entities = positions = 0
+    done = entities = positions = lookup_entries = 0
     last_report = time.monotonic()
     committing: asyncio.Task[bool] | None = None  # the previous batch's commit
     try:
@@ -210,8 +253,13 @@ async def load(
             finished = await reached(consumer, end)
             if not finished:
                 batches = await consumer.getmany(timeout_ms=1000, max_records=LOAD_BATCH)
-                batch = _read_batch(batches, export_id.encode(), collections)
-                writes = _writes(collections, batch.states)
+                # getmany returns buffered records without yielding: let the loop send more of
+                # the previous batch's commit, or Redis waits for it while this one is read.
+                await asyncio.sleep(0)
+                batch = _read_batch(
+                    batches, readmodel, collections, export_id.encode(), as_exported
+                )
+                writes = _writes(collections, batch, as_exported)
             if committing is not None:
                 committed, committing = await committing, None
                 if not committed:  # another instance loads it too: carry on from where it got
@@ -233,6 +281,7 @@ async def load(
             stored.update(batch.new)
             done += sum(len(records) for records in batches.values())
             entities, positions = entities + len(batch.states), positions + len(batch.upstream)
+            lookup_entries += len(batch.entries)
             if progress and time.monotonic() - last_report > 0.5:
                 progress(done, total)
                 last_report = time.monotonic()
@@ -241,15 +290,17 @@ async def load(
             committing.cancel()
     if progress:
         progress(total, total)
-    return Summary(export_id, entities, positions)
+    return Summary(export_id, entities, positions, lookup_entries)
 
 
 def _read_batch(
     batches: Mapping[TopicPartition, list[Record]],
-    export_id: bytes,
+    readmodel: ReadModel,
     collections: Mapping[str, Collection[Any]],
+    export_id: bytes,
+    as_exported: set[str],
 ) -> _Batch:
-    batch = _Batch({}, {}, {})
+    batch = _Batch({}, {}, [], {})
     for tp, records in batches.items():
         batch.new[tp] = records[-1].offset + 1
         for record in records:
@@ -263,19 +314,27 @@ def _read_batch(
                     log.warning("snapshot entity of unknown collection %r skipped", collection)
                     continue
                 batch.states[(collection, key)] = record.value
+            elif kind == b"lookup":
+                held, bucket, field = record.key.decode().rsplit(":", 2)
+                collection, lookup = held.split(":", 1)
+                if collection in as_exported:
+                    key = readmodel.lookup_key(collection, lookup, int(bucket))
+                    batch.entries.append((key, field, record.value))
             elif kind == b"position":
                 topic_name, partition = record.key.decode().rsplit(":", 1)
                 batch.upstream[TopicPartition(topic_name, int(partition))] = int(record.value)
     return batch
 
 
-def _writes(collections: Mapping[str, Collection[Any]], states: dict[EntityRef, bytes]) -> Writes:
-    """The exported JSON `states` as they are: only collections with lookups decode them, to
-    write their lookup entries."""
-    writes = Writes(states=dict(states))
-    for ref, raw in states.items():
+def _writes(
+    collections: Mapping[str, Collection[Any]], batch: _Batch, as_exported: set[str]
+) -> Writes:
+    """The exported JSON states and lookup entries as they are. Only collections whose lookups
+    must be computed again decode their entities, to write them."""
+    writes = Writes(states=dict(batch.states), entries=batch.entries)
+    for ref, raw in batch.states.items():
         collection = collections[ref[0]]
-        if collection.lookups:
+        if collection.lookups and ref[0] not in as_exported:
             writes.relink(collection, ref, None, collection.loads(raw))
     return writes
 
@@ -284,15 +343,15 @@ async def _last_complete_export(
     consumer: AIOKafkaConsumer,
     begin: Mapping[TopicPartition, int],
     end: Mapping[TopicPartition, int],
-) -> str | None:
-    """The id of the newest export with its `end` record. An export writes that record last and
+) -> dict[str, Any] | None:
+    """The `end` record of the newest complete export. An export writes that record last and
     then deletes the records before it, so it is near the end of its partition: read back from
     the end, further each time, until one is found (or the topic is read whole)."""
     tail = TAIL
     while True:
         start = {tp: max(begin[tp], end[tp] - tail) for tp in end}
         await seek(consumer, start)
-        ends: list[tuple[str, int, str]] = []  # exported at, offset (a tie-break), export
+        ends: list[tuple[str, int, bytes]] = []  # exported at, offset (a tie-break), record
         while not await reached(consumer, end):
             batches = await consumer.getmany(timeout_ms=1000, max_records=5000)
             for records in batches.values():
@@ -300,9 +359,9 @@ async def _last_complete_export(
                     headers = dict(record.headers)
                     if headers.get(KIND) == b"end":
                         at = orjson.loads(record.value)["exported_at"]
-                        ends.append((at, record.offset, headers[EXPORT].decode()))
+                        ends.append((at, record.offset, record.value))
         if ends:
-            return max(ends)[2]
+            return cast(dict[str, Any], orjson.loads(max(ends)[2]))
         if start == begin:
             return None
         tail *= 8
