@@ -34,6 +34,7 @@ import asyncio
 import zlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any, NamedTuple, cast
 
 import orjson
@@ -72,13 +73,13 @@ class Link(NamedTuple):  # a tuple: a batch makes one per lookup change
 
 @dataclass
 class Writes:
-    """The outcome of folding a batch: new entity states (None deletes) and lookup changes; or,
-    from a snapshot, hash entries written as they were exported."""
+    """The outcome of folding a batch: new entity states (None deletes) and lookup changes; and,
+    from a snapshot, hashes' fields written as they were exported."""
 
     states: dict[EntityRef, bytes | None] = field(default_factory=dict)
     linked: list[Link] = field(default_factory=list)
     unlinked: list[Link] = field(default_factory=list)
-    entries: list[tuple[str, str, bytes]] = field(default_factory=list)  # (hash, field, value)
+    hashes: dict[str, dict[str, bytes]] = field(default_factory=dict)  # hash -> field -> value
 
     def relink(self, collection: Collection[Any], ref: EntityRef, old: Any, new: Any) -> None:
         """Add the lookup changes of `ref` going from state `old` to `new` (None: absent)."""
@@ -114,24 +115,25 @@ end
 return out
 """
 
-# Commits a batch if what it was folded from still holds, in four parts whose sizes are ARGV[1..4]:
+# Commits a batch if what it was folded from still holds, in five parts whose sizes are ARGV[1..5]:
 # positions expected (KEYS: position; ARGV: offset, '' for none), positions written (position;
 # offset), entities read (hash; field, and JSON or '' when absent: JSON is never empty), entities
-# written (hash; field, JSON or '' to delete; a snapshot's lookup entries, as they were, too). The
-# lookup changes follow (hash; '+' or '-', field, entity key): one entity key is stored as it is,
-# several (or one that starts with '[') as a JSON list.
-# KEYS[1..3] are the version pointer, the freeze and the bootstrap marker; ARGV[5] is the version
-# ('' when not live), ARGV[6] '1' when a pending bootstrap must stop the commit. Returns 'ok', or
+# written (hash; field, JSON or '' to delete), and hashes written as they are (hash; how many
+# fields, then field, value pairs: a snapshot's, in one HSET per hash). The lookup changes follow
+# (hash; '+' or '-', field, entity key): one entity key is stored as it is, several (or one that
+# starts with '[') as a JSON list.
+# KEYS[1..3] are the version pointer, the freeze and the bootstrap marker; ARGV[6] is the version
+# ('' when not live), ARGV[7] '1' when a pending bootstrap must stop the commit. Returns 'ok', or
 # what stopped it: 'frozen', 'pending', 'moved' (positions or version) or 'changed'.
 _COMMIT = """
-local expected, written, read, states = tonumber(ARGV[1]), tonumber(ARGV[2]),
-  tonumber(ARGV[3]), tonumber(ARGV[4])
-if ARGV[5] ~= '' then
+local expected, written, read, states, hashes = tonumber(ARGV[1]), tonumber(ARGV[2]),
+  tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+if ARGV[6] ~= '' then
   if redis.call('EXISTS', KEYS[2]) == 1 then return 'frozen' end
-  if ARGV[6] == '1' and redis.call('GET', KEYS[3]) == 'pending' then return 'pending' end
-  if redis.call('GET', KEYS[1]) ~= ARGV[5] then return 'moved' end
+  if ARGV[7] == '1' and redis.call('GET', KEYS[3]) == 'pending' then return 'pending' end
+  if redis.call('GET', KEYS[1]) ~= ARGV[6] then return 'moved' end
 end
-local k, a = 3, 6
+local k, a = 3, 7
 for i = 1, expected do
   if (redis.call('GET', KEYS[k + i]) or '') ~= ARGV[a + i] then return 'moved' end
 end
@@ -152,6 +154,12 @@ for i = 1, states do
   end
 end
 k, a = k + states, a + 2 * states
+for i = 1, hashes do
+  local n = tonumber(ARGV[a + 1])
+  redis.call('HSET', KEYS[k + i], unpack(ARGV, a + 2, a + 1 + 2 * n))
+  a = a + 1 + 2 * n
+end
+k = k + hashes
 for i = 1, #KEYS - k do
   local key, op = KEYS[k + i], ARGV[a + 3 * i - 2]
   local value, member = ARGV[a + 3 * i - 1], ARGV[a + 3 * i]
@@ -472,8 +480,12 @@ class ReadModel:
         keys = [self.version_key, self.freeze_key, self.bootstrap_key]
         keys += [self.position_key(tp) for tp in expected]
         keys += [self.position_key(tp) for tp in new]
-        states = len(writes.states) + len(writes.entries)
-        args: list[Any] = [len(expected), len(new), len(read), states]
+        hashes: list[tuple[str, list[tuple[str, bytes]]]] = []
+        for key, fields in writes.hashes.items():
+            items = list(fields.items())
+            for start in range(0, len(items), 1000):  # Lua's unpack() takes a few thousand
+                hashes.append((key, items[start : start + 1000]))
+        args: list[Any] = [len(expected), len(new), len(read), len(writes.states), len(hashes)]
         args.append(self.version if self.live else "")
         args.append("1" if self.live and not bootstrapping else "0")
         args += ["" if offset is None else offset for offset in expected.values()]
@@ -484,9 +496,10 @@ class ReadModel:
         for (collection, name), state in writes.states.items():
             keys.append(self.bucket_key(collection, bucket_of(name)))
             args += (name, state or b"")
-        for bucket, name, raw in writes.entries:
-            keys.append(bucket)
-            args += (name, raw)
+        for key, chunk in hashes:
+            keys.append(key)
+            args.append(len(chunk))
+            args += chain.from_iterable(chunk)
         for op, links in (("-", writes.unlinked), ("+", writes.linked)):
             for (collection, member), lookup, value in links:
                 key, entry = self.lookup_slot(collection, lookup, value)

@@ -32,7 +32,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -199,10 +199,12 @@ TAIL = 1000  # records per partition first read back from the end, looking for t
 class _Batch:
     """What one batch of data topic records writes."""
 
-    upstream: dict[TopicPartition, int]  # positions on the upstream topics
-    states: dict[EntityRef, bytes]
-    entries: list[tuple[str, str, bytes]]  # lookup entries: (hash, field, value)
-    new: dict[TopicPartition, int]  # positions on the data topic
+    new: dict[TopicPartition, int] = field(default_factory=dict)  # positions on the data topic
+    upstream: dict[TopicPartition, int] = field(default_factory=dict)  # on the upstream topics
+    hashes: dict[str, dict[str, bytes]] = field(default_factory=dict)  # entities, lookup entries
+    entities: int = 0
+    lookup_entries: int = 0
+    unindexed: dict[EntityRef, bytes] = field(default_factory=dict)  # lookups to compute
 
 
 async def load(
@@ -234,6 +236,7 @@ async def load(
         for name, collection in collections.items()
         if collection.lookups and set(exported.get(name, ())) == collection.lookups.keys()
     }
+    unindexed = {name for name, c in collections.items() if c.lookups} - as_exported
 
     async def resume() -> dict[TopicPartition, int | None]:
         """Seek to where the load got to; returns the positions stored (None: not begun)."""
@@ -257,9 +260,10 @@ async def load(
                 # the previous batch's commit, or Redis waits for it while this one is read.
                 await asyncio.sleep(0)
                 batch = _read_batch(
-                    batches, readmodel, collections, export_id.encode(), as_exported
+                    batches, readmodel, collections, export_id.encode(), as_exported, unindexed
                 )
-                writes = _writes(collections, batch, as_exported)
+                await asyncio.sleep(0)
+                writes = _writes(collections, batch)
             if committing is not None:
                 committed, committing = await committing, None
                 if not committed:  # another instance loads it too: carry on from where it got
@@ -280,8 +284,8 @@ async def load(
             await asyncio.sleep(0)  # it sends the batch: Redis writes it while the next is read
             stored.update(batch.new)
             done += sum(len(records) for records in batches.values())
-            entities, positions = entities + len(batch.states), positions + len(batch.upstream)
-            lookup_entries += len(batch.entries)
+            entities, positions = entities + batch.entities, positions + len(batch.upstream)
+            lookup_entries += batch.lookup_entries
             if progress and time.monotonic() - last_report > 0.5:
                 progress(done, total)
                 last_report = time.monotonic()
@@ -299,43 +303,51 @@ def _read_batch(
     collections: Mapping[str, Collection[Any]],
     export_id: bytes,
     as_exported: set[str],
+    unindexed: set[str],
 ) -> _Batch:
-    batch = _Batch({}, {}, [], {})
+    """What the export's records in `batches` write. An export sends a hash's fields one after
+    the other, so a batch's records group into a few HSETs of many fields."""
+    batch = _Batch()
+    lookups = readmodel.versioned("lk", "")  # + <collection>:<lookup>:<bucket>: a lookup's hash
     for tp, records in batches.items():
         batch.new[tp] = records[-1].offset + 1
         for record in records:
-            headers = dict(record.headers)
-            if headers.get(EXPORT) != export_id or record.key is None or record.value is None:
+            export = kind = None
+            for name, value in record.headers:  # not dict(): this loop is most of the work
+                if name == KIND:
+                    kind = value
+                elif name == EXPORT:
+                    export = value
+            if export != export_id or record.key is None or record.value is None:
                 continue
-            kind = headers.get(KIND)
             if kind == b"entity":
                 collection, key = record.key.decode().split(":", 1)
                 if collection not in collections:
                     log.warning("snapshot entity of unknown collection %r skipped", collection)
                     continue
-                batch.states[(collection, key)] = record.value
+                hashed, _ = readmodel.entity_slot(collection, key)
+                batch.hashes.setdefault(hashed, {})[key] = record.value
+                batch.entities += 1
+                if collection in unindexed:
+                    batch.unindexed[(collection, key)] = record.value
             elif kind == b"lookup":
-                held, bucket, field = record.key.decode().rsplit(":", 2)
-                collection, lookup = held.split(":", 1)
-                if collection in as_exported:
-                    key = readmodel.lookup_key(collection, lookup, int(bucket))
-                    batch.entries.append((key, field, record.value))
+                hashed, entry = record.key.decode().rsplit(":", 1)
+                if hashed.split(":", 1)[0] in as_exported:
+                    batch.hashes.setdefault(lookups + hashed, {})[entry] = record.value
+                    batch.lookup_entries += 1
             elif kind == b"position":
                 topic_name, partition = record.key.decode().rsplit(":", 1)
                 batch.upstream[TopicPartition(topic_name, int(partition))] = int(record.value)
     return batch
 
 
-def _writes(
-    collections: Mapping[str, Collection[Any]], batch: _Batch, as_exported: set[str]
-) -> Writes:
-    """The exported JSON states and lookup entries as they are. Only collections whose lookups
-    must be computed again decode their entities, to write them."""
-    writes = Writes(states=dict(batch.states), entries=batch.entries)
-    for ref, raw in batch.states.items():
+def _writes(collections: Mapping[str, Collection[Any]], batch: _Batch) -> Writes:
+    """The exported entities and lookup entries as they are; only the entities of collections
+    whose lookups must be computed again are decoded, to write those."""
+    writes = Writes(hashes=batch.hashes)
+    for ref, raw in batch.unindexed.items():
         collection = collections[ref[0]]
-        if collection.lookups and ref[0] not in as_exported:
-            writes.relink(collection, ref, None, collection.loads(raw))
+        writes.relink(collection, ref, None, collection.loads(raw))
     return writes
 
 
