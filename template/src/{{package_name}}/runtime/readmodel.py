@@ -214,8 +214,8 @@ return out
 """
 
 
-def bucket_of(key: str) -> int:
-    return zlib.crc32(key.encode()) % BUCKETS
+def bucket_of(key: str | bytes) -> int:
+    return zlib.crc32(key.encode() if isinstance(key, str) else key) % BUCKETS
 
 
 def writes_for(

@@ -42,7 +42,7 @@ from aiokafka.admin import RecordsToDelete
 
 from .kafka import Record, client_options, new_admin, partitions_of, reached, seek, start_client
 from .projection import Collection
-from .readmodel import EntityRef, ReadModel, Writes
+from .readmodel import BUCKETS, EntityRef, ReadModel, Writes, bucket_of
 from .settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -192,7 +192,7 @@ async def _delete_before(settings: ServiceSettings, offsets: Mapping[TopicPartit
 
 # ---------------------------------------------------------------------------------------- load
 LOAD_BATCH = 2000  # records per Redis commit
-TAIL = 1000  # records per partition first read back from the end, looking for the last export
+TAIL = 64  # records per partition first read back from the end, looking for the last export
 
 
 @dataclass
@@ -230,13 +230,7 @@ async def load(
         log.info("no complete snapshot on %s: starting from the upstream topics alone", topic)
         return Summary(None, 0, 0)
     export_id = last["export"]
-    exported = last.get("lookups", {})  # an older export has none
-    as_exported = {  # collections whose lookup entries are loaded as they were exported
-        name
-        for name, collection in collections.items()
-        if collection.lookups and set(exported.get(name, ())) == collection.lookups.keys()
-    }
-    unindexed = {name for name, c in collections.items() if c.lookups} - as_exported
+    read = _Reader(readmodel, collections, last)
 
     async def resume() -> dict[TopicPartition, int | None]:
         """Seek to where the load got to; returns the positions stored (None: not begun)."""
@@ -259,9 +253,7 @@ async def load(
                 # getmany returns buffered records without yielding: let the loop send more of
                 # the previous batch's commit, or Redis waits for it while this one is read.
                 await asyncio.sleep(0)
-                batch = _read_batch(
-                    batches, readmodel, collections, export_id.encode(), as_exported, unindexed
-                )
+                batch = read(batches)
                 await asyncio.sleep(0)
                 writes = _writes(collections, batch)
             if committing is not None:
@@ -297,48 +289,70 @@ async def load(
     return Summary(export_id, entities, positions, lookup_entries)
 
 
-def _read_batch(
-    batches: Mapping[TopicPartition, list[Record]],
-    readmodel: ReadModel,
-    collections: Mapping[str, Collection[Any]],
-    export_id: bytes,
-    as_exported: set[str],
-    unindexed: set[str],
-) -> _Batch:
-    """What the export's records in `batches` write. An export sends a hash's fields one after
-    the other, so a batch's records group into a few HSETs of many fields."""
-    batch = _Batch()
-    lookups = readmodel.versioned("lk", "")  # + <collection>:<lookup>:<bucket>: a lookup's hash
-    for tp, records in batches.items():
-        batch.new[tp] = records[-1].offset + 1
-        for record in records:
-            export = kind = None
-            for name, value in record.headers:  # not dict(): this loop is most of the work
-                if name == KIND:
-                    kind = value
-                elif name == EXPORT:
-                    export = value
-            if export != export_id or record.key is None or record.value is None:
-                continue
-            if kind == b"entity":
-                collection, key = record.key.decode().split(":", 1)
-                if collection not in collections:
-                    log.warning("snapshot entity of unknown collection %r skipped", collection)
+class _Reader:
+    """Reads the records of one export into what they write.
+
+    An export sends a hash's fields one after the other, so a batch's records group into a few
+    HSETs of many fields. Lookup entries are taken as they were exported where the collection's
+    lookups are still the ones exported (`end` names them; older exports have none); the entities
+    of other collections with lookups are decoded, to compute theirs.
+    """
+
+    def __init__(
+        self, readmodel: ReadModel, collections: Mapping[str, Collection[Any]], end: dict[str, Any]
+    ) -> None:
+        self._export = end["export"].encode()
+        exported = end.get("lookups", {})
+        indexed = {name for name, collection in collections.items() if collection.lookups}
+        self._as_exported = {
+            name
+            for name in indexed
+            if set(exported.get(name, ())) == collections[name].lookups.keys()
+        }
+        self._unindexed = indexed - self._as_exported
+        self._buckets = {  # per collection, the key of each of its buckets
+            name: [readmodel.bucket_key(name, bucket) for bucket in range(BUCKETS)]
+            for name in collections
+        }
+        self._lookups = readmodel.versioned("lk", "")  # + <collection>:<lookup>:<bucket>
+
+    def __call__(self, batches: Mapping[TopicPartition, list[Record]]) -> _Batch:
+        batch = _Batch()
+        for tp, records in batches.items():
+            batch.new[tp] = records[-1].offset + 1
+            for record in records:
+                export = kind = None
+                for name, value in record.headers:  # not dict(): this loop is most of the work
+                    if name == KIND:
+                        kind = value
+                    elif name == EXPORT:
+                        export = value
+                if export != self._export or record.key is None or record.value is None:
                     continue
-                hashed, _ = readmodel.entity_slot(collection, key)
-                batch.hashes.setdefault(hashed, {})[key] = record.value
-                batch.entities += 1
-                if collection in unindexed:
-                    batch.unindexed[(collection, key)] = record.value
-            elif kind == b"lookup":
-                hashed, entry = record.key.decode().rsplit(":", 1)
-                if hashed.split(":", 1)[0] in as_exported:
-                    batch.hashes.setdefault(lookups + hashed, {})[entry] = record.value
-                    batch.lookup_entries += 1
-            elif kind == b"position":
-                topic_name, partition = record.key.decode().rsplit(":", 1)
-                batch.upstream[TopicPartition(topic_name, int(partition))] = int(record.value)
-    return batch
+                if kind == b"entity":
+                    self._entity(batch, record.key, record.value)
+                elif kind == b"lookup":
+                    hashed, entry = record.key.decode().rsplit(":", 1)
+                    if hashed.split(":", 1)[0] in self._as_exported:
+                        batch.hashes.setdefault(self._lookups + hashed, {})[entry] = record.value
+                        batch.lookup_entries += 1
+                elif kind == b"position":
+                    topic_name, partition = record.key.decode().rsplit(":", 1)
+                    batch.upstream[TopicPartition(topic_name, int(partition))] = int(record.value)
+        return batch
+
+    def _entity(self, batch: _Batch, raw_key: bytes, value: bytes) -> None:
+        prefix, _, raw = raw_key.partition(b":")  # <collection>:<entity key>
+        collection = prefix.decode()
+        buckets = self._buckets.get(collection)
+        if buckets is None:
+            log.warning("snapshot entity of unknown collection %r skipped", collection)
+            return
+        key = raw.decode()
+        batch.hashes.setdefault(buckets[bucket_of(raw)], {})[key] = value
+        batch.entities += 1
+        if collection in self._unindexed:
+            batch.unindexed[(collection, key)] = value
 
 
 def _writes(collections: Mapping[str, Collection[Any]], batch: _Batch) -> Writes:
