@@ -664,7 +664,7 @@ async def measure(project: Path, quick: bool) -> list[Figure]:
 
     tune_gc()  # as `serve` does at start: what the service measured here runs with
     run = f"bench{uuid.uuid4().hex[:8]}"
-    count = 50_000 if quick else 200_000
+    count = 100_000 if quick else 200_000
     try:
         figures, settings = await projection(
             run, count, naive_count=5_000 if quick else 20_000, rounds=3
