@@ -250,8 +250,8 @@ async def load(
             finished = await reached(consumer, end)
             if not finished:
                 batches = await consumer.getmany(timeout_ms=1000, max_records=LOAD_BATCH)
-                # getmany returns buffered records without yielding: let the loop send more of
-                # the previous batch's commit, or Redis waits for it while this one is read.
+                # getmany returns buffered records without yielding: between stages, let the loop
+                # send more of the previous batch's commit, or Redis waits for it meanwhile.
                 await asyncio.sleep(0)
                 batch = read(batches)
                 await asyncio.sleep(0)
