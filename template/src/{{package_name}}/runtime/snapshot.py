@@ -23,6 +23,8 @@ something else under the same name needs a rebuild, as a changed projection does
 too, trusts that stored entries came from the current functions).
 
 Exporting freezes the projector (not the queries) while it reads, so entities and positions agree.
+It sends each hash's fields to one partition, one after the other, so a load writes them with few
+HSETs.
 Loading keeps its position in the data topic in Redis like any projection, so a crash resumes it.
 """
 
@@ -31,7 +33,7 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -39,6 +41,7 @@ from typing import Any, cast
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import RecordsToDelete
+from redis.asyncio import Redis
 
 from .kafka import Record, client_options, new_admin, partitions_of, reached, seek, start_client
 from .projection import Collection
@@ -98,25 +101,37 @@ async def export(
             hashes.append((b"lookup", key, rest))
             collection, lookup = rest.rsplit(":", 1)[0].split(":", 1)
             lookups.setdefault(collection, set()).add(lookup)
-        total = await _entries(readmodel, [key for _, key, _ in hashes])
+        keys = [key for _, key, _ in hashes]
+        total = await _entries(readmodel, keys)
         exported: Counter[bytes] = Counter()
-        for kind, key, prefix in hashes:
-            async for name, value in redis.hscan_iter(key, count=500):
-                sent.append(
-                    await producer.send(
-                        topic,
-                        value,
-                        key=f"{prefix}:{name.decode()}".encode(),
-                        headers=[*headers, (KIND, kind)],
-                    )
-                )
-                exported[kind] += 1
-            if len(sent) >= 5000:
+        # Each hash's fields go to one partition, one after the other (the hashes take turns), in
+        # batches built here: a load then writes a batch's fields of a hash in one HSET, and the
+        # producer hashes no key and makes no future per record.
+        filling: dict[int, Any] = {}  # partition -> its aiokafka BatchBuilder being filled
+        async for n, fields in _pages(redis, keys):
+            kind, _, prefix = hashes[n]
+            partition = tps[n % len(tps)].partition
+            batch = filling.get(partition) or producer.create_batch()
+            for name, value in fields.items():
+                record = {
+                    "key": f"{prefix}:{name.decode()}".encode(),
+                    "value": value,
+                    "timestamp": None,
+                    "headers": [*headers, (KIND, kind)],
+                }
+                while batch.append(**record) is None:  # full: send it, start the next
+                    sent.append(await producer.send_batch(batch, topic, partition=partition))
+                    batch = producer.create_batch()
+            filling[partition] = batch
+            exported[kind] += len(fields)
+            if len(sent) >= 50:
                 await asyncio.gather(*sent)
                 sent = []
                 await redis.expire(readmodel.freeze_key, FREEZE_TTL_S)
                 if progress:
                     progress(exported.total(), total)
+        for partition, batch in filling.items():
+            sent.append(await producer.send_batch(batch, topic, partition=partition))
         await asyncio.gather(*sent)
         await producer.flush()
         end = {
@@ -145,6 +160,23 @@ async def _hashes(readmodel: ReadModel, part: str) -> dict[bytes, str]:
         key: key.decode()[len(prefix) :]
         async for key in readmodel.redis.scan_iter(match=prefix + "*", count=1000)
     }
+
+
+async def _pages(redis: Redis, keys: list[bytes]) -> AsyncIterator[tuple[int, dict[bytes, bytes]]]:
+    """The fields of each of `keys` (by its index), a page at a time. The first pages of 64 hashes
+    come in one round trip: a compact hash answers whole, a large one in pages of about 1,000."""
+    for start in range(0, len(keys), 64):
+        group = keys[start : start + 64]
+        async with redis.pipeline(transaction=False) as pipe:
+            for key in group:
+                pipe.hscan(key, 0, count=1000)
+            pages = await pipe.execute()
+        for n, (key, (cursor, fields)) in enumerate(zip(group, pages, strict=True), start):
+            yield n, fields
+            while cursor:
+                page = await redis.hscan(key, cursor, count=1000)
+                cursor, fields = cast(tuple[int, dict[bytes, bytes]], page)
+                yield n, fields
 
 
 async def _entries(readmodel: ReadModel, keys: list[bytes]) -> int:
