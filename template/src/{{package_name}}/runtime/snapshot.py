@@ -112,14 +112,10 @@ async def export(
             kind, _, prefix = hashes[n]
             partition = tps[n % len(tps)].partition
             batch = filling.get(partition) or producer.create_batch()
+            of_kind = [*headers, (KIND, kind)]
             for name, value in fields.items():
-                record = {
-                    "key": f"{prefix}:{name.decode()}".encode(),
-                    "value": value,
-                    "timestamp": None,
-                    "headers": [*headers, (KIND, kind)],
-                }
-                while batch.append(**record) is None:  # full: send it, start the next
+                record = {"key": f"{prefix}:{name.decode()}".encode(), "value": value}
+                while batch.append(**record, timestamp=None, headers=of_kind) is None:  # full
                     sent.append(await producer.send_batch(batch, topic, partition=partition))
                     batch = producer.create_batch()
             filling[partition] = batch
@@ -180,6 +176,7 @@ async def _pages(redis: Redis, keys: list[bytes]) -> AsyncIterator[tuple[int, di
 
 
 async def _entries(readmodel: ReadModel, keys: list[bytes]) -> int:
+    """How many fields the hashes `keys` hold together."""
     async with readmodel.redis.pipeline(transaction=False) as pipe:
         for key in keys:
             pipe.hlen(key)
