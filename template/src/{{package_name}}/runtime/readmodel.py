@@ -371,8 +371,12 @@ class ReadModel:
         """How many entities `collection` (or every collection) holds."""
         pattern = f"{self._versioned}e:{collection or '*'}:*"
         buckets = [key async for key in self.redis.scan_iter(match=pattern, count=1000)]
+        return await self.fields_in(buckets)
+
+    async def fields_in(self, hashes: Sequence[str | bytes]) -> int:
+        """How many fields the `hashes` hold together (one round trip)."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            for key in buckets:
+            for key in hashes:
                 pipe.hlen(key)
             return sum(await pipe.execute())
 

@@ -94,15 +94,16 @@ async def export(
         ]
         # Every hash to export: its record kind, its key, and the key prefix of its records.
         hashes: list[tuple[bytes, bytes, str]] = []
-        for key, rest in (await _hashes(readmodel, "e")).items():  # <collection>:<bucket>
+        for key, rest in (await _keys_under(readmodel, "e")).items():  # <collection>:<bucket>
             hashes.append((b"entity", key, rest.rsplit(":", 1)[0]))
         lookups: dict[str, set[str]] = {}
-        for key, rest in (await _hashes(readmodel, "lk")).items():  # <collection>:<lookup>:<bucket>
+        lookup_hashes = await _keys_under(readmodel, "lk")  # rest: <collection>:<lookup>:<bucket>
+        for key, rest in lookup_hashes.items():
             hashes.append((b"lookup", key, rest))
             collection, lookup = rest.rsplit(":", 1)[0].split(":", 1)
             lookups.setdefault(collection, set()).add(lookup)
         keys = [key for _, key, _ in hashes]
-        total = await _entries(readmodel, keys)
+        total = await readmodel.fields_in(keys)
         exported: Counter[bytes] = Counter()
         # Each hash's fields go to one partition, one after the other (the hashes take turns), in
         # batches built here: a load then writes a batch's fields of a hash in one HSET, and the
@@ -149,8 +150,8 @@ async def export(
     return Summary(export_id, exported[b"entity"], len(positions), exported[b"lookup"])
 
 
-async def _hashes(readmodel: ReadModel, part: str) -> dict[bytes, str]:
-    """The version's hashes under `part` (readmodel.py): key -> the rest of the key after it."""
+async def _keys_under(readmodel: ReadModel, part: str) -> dict[bytes, str]:
+    """The version's keys under `part` (readmodel.py): key -> the rest of the key after it."""
     prefix = readmodel.versioned(part, "")
     return {
         key: key.decode()[len(prefix) :]
@@ -175,21 +176,12 @@ async def _pages(redis: Redis, keys: list[bytes]) -> AsyncIterator[tuple[int, di
                 yield n, fields
 
 
-async def _entries(readmodel: ReadModel, keys: list[bytes]) -> int:
-    """How many fields the hashes `keys` hold together."""
-    async with readmodel.redis.pipeline(transaction=False) as pipe:
-        for key in keys:
-            pipe.hlen(key)
-        return sum(await pipe.execute())
-
-
 async def _positions(readmodel: ReadModel) -> dict[TopicPartition, int]:
-    prefix = readmodel.versioned("pos", "")
-    keys = [key async for key in readmodel.redis.scan_iter(match=prefix + "*", count=500)]
-    values = cast(list[bytes], await readmodel.redis.mget(keys)) if keys else []
+    keys = await _keys_under(readmodel, "pos")  # rest: <topic>:<partition>
+    values = cast(list[bytes], await readmodel.redis.mget(list(keys))) if keys else []
     positions = {}
-    for key, value in zip(keys, values, strict=True):
-        topic, partition = key.decode()[len(prefix) :].rsplit(":", 1)
+    for rest, value in zip(keys.values(), values, strict=True):
+        topic, partition = rest.rsplit(":", 1)
         positions[TopicPartition(topic, int(partition))] = int(value)
     return positions
 
