@@ -69,6 +69,11 @@ class Figure:
         return self.ratio >= self.target if self.higher_is_better else self.ratio <= self.target
 
 
+def median_ratio(measured: list[float], baseline: list[float]) -> float:
+    """The median of the rounds' ratios: a slow phase of the machine slows both sides of a round."""
+    return statistics.median(m / b for m, b in zip(measured, baseline, strict=True))
+
+
 def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -293,9 +298,6 @@ async def projection(
         prefix = settings.redis_key_prefix if n == 0 else f"{settings.redis_key_prefix}.r{n}"
         service.append(await project(settings, prefix, topic, count))
 
-    def median_ratio(over: list[float]) -> float:
-        return statistics.median(s / b for s, b in zip(service, over, strict=True))
-
     rate = statistics.median(service)
     note = f"median of {rounds} rounds"
     return [
@@ -304,7 +306,7 @@ async def projection(
             rate,
             statistics.median(raw),
             "events/s",
-            median_ratio(raw),
+            median_ratio(service, raw),
             0.4,
             True,
             note,
@@ -315,12 +317,10 @@ async def projection(
             rate,
             statistics.median(prototype),
             "events/s",
-            median_ratio(prototype),
+            median_ratio(service, prototype),
             None,
             True,
-            f"reference: the prototype is"
-            f" {statistics.median(p / r for p, r in zip(prototype, raw, strict=True)):.2f}x raw"
-            f" getmany; {note}",
+            f"reference: the prototype is {median_ratio(prototype, raw):.2f}x raw getmany; {note}",
         ),
     ], settings
 
@@ -403,7 +403,7 @@ async def bootstrap(settings: Any, rounds: int) -> Figure:
         statistics.median(load),
         statistics.median(raw),
         "records/s",
-        statistics.median(done / baseline for done, baseline in zip(load, raw, strict=True)),
+        median_ratio(load, raw),
         0.5,
         True,
         f"{records:,} records; median of {rounds} rounds",
