@@ -225,10 +225,13 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
         self, work: list[tuple[Record, list[Change]]], current: dict[EntityRef, bytes | None]
     ) -> Writes:
         collections = self._registry.collections
-        before: dict[EntityRef, Any] = {
-            ref: None if raw is None else collections[ref[0]].loads(raw)
-            for ref, raw in current.items()
-        }
+        before: dict[EntityRef, Any] = dict.fromkeys(current)
+        stored: dict[str, dict[EntityRef, bytes]] = {}  # per collection: one decode call
+        for ref, raw in current.items():
+            if raw is not None:
+                stored.setdefault(ref[0], {})[ref] = raw
+        for name, raws in stored.items():
+            before.update(zip(raws, collections[name].loads_all(list(raws.values())), strict=True))
         states = dict(before)
         failed: list[DeadLetter] = []
         for record, changes in work:
