@@ -6,7 +6,8 @@ Renders the template with default answers, then measures, against the real Kafka
 KAFKA_BOOTSTRAP_SERVERS and REDIS_URL (`make bench` starts both):
 
     projection  events/s into the read model    vs raw getmany, and a naive SET-per-event consumer
-                                                (and, for reference, the issue's prototype)
+                                                (and, for reference, the issue's prototype, and a
+                                                projector process per partition)
     query       GET /personas/{id} req/s, p99   vs a minimal FastAPI app doing one Redis GET (wrk)
     bootstrap   snapshot records/s loaded       vs raw consume of the data topic
     saga        command -> reply round trip     p50 and p99, absolute
@@ -22,6 +23,7 @@ import argparse
 import asyncio
 import importlib
 import json
+import multiprocessing
 import os
 import re
 import shutil
@@ -31,8 +33,8 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -147,14 +149,16 @@ async def produce(topic: str, records: Iterator[tuple[bytes, bytes]]) -> int:
 
 
 async def assigned_consumer(
-    topic: str, **options: Any
+    topic: str, partitions: list[int] | None = None, **options: Any
 ) -> tuple[AIOKafkaConsumer, list[TopicPartition]]:
+    """A consumer of `partitions` of `topic` (None: all), at their beginning."""
     from personabff.runtime.kafka import partitions_of
 
     consumer = AIOKafkaConsumer(bootstrap_servers=KAFKA, **options)
     await consumer.start()
     await asyncio.sleep(0)
     tps = await partitions_of(settings_for("probe"), topic)
+    tps = [tp for tp in tps if partitions is None or tp.partition in partitions]
     consumer.assign(tps)
     await consumer.seek_to_beginning(*tps)
     return consumer, tps
@@ -237,8 +241,12 @@ async def naive_consume(run: str, topic: str, count: int) -> float:
         await redis.aclose()
 
 
-async def project(settings: Any, prefix: str, topic: str, count: int) -> float:
-    """Events/s of the service's projector, from the start of `topic` into an empty read model."""
+@asynccontextmanager
+async def projector_over(
+    settings: Any, prefix: str, topic: str, partitions: list[int] | None = None
+) -> AsyncIterator[tuple[Any, dict[TopicPartition, int]]]:
+    """The service's projector over `partitions` of `topic` (None: all) from their beginning,
+    into the read model at `prefix`, and the end offsets it is to reach."""
     from personabff.projections import REGISTRY
     from personabff.runtime.projector import Projector
     from personabff.runtime.readmodel import ReadModel
@@ -248,7 +256,7 @@ async def project(settings: Any, prefix: str, topic: str, count: int) -> float:
     readmodel = ReadModel(redis, prefix)
     await readmodel.initialise()
     await readmodel.bootstrapped()  # no snapshot to load: project from the start
-    consumer, tps = await assigned_consumer(topic, isolation_level="read_committed")
+    consumer, tps = await assigned_consumer(topic, partitions, isolation_level="read_committed")
     producer = AIOKafkaProducer(bootstrap_servers=KAFKA)
     await producer.start()
     try:
@@ -263,26 +271,77 @@ async def project(settings: Any, prefix: str, topic: str, count: int) -> float:
             mirror_to_kafka=False,
         )
         await projector.on_partitions_assigned(tps)
-        start = time.perf_counter()
-        await projector.run(until=end)
-        return count / (time.perf_counter() - start)
+        yield projector, end
     finally:
         await consumer.stop()
         await producer.stop()
         await redis.aclose()
 
 
+async def project(settings: Any, prefix: str, topic: str, count: int) -> float:
+    """Events/s of the service's projector, from the start of `topic` into an empty read model."""
+    async with projector_over(settings, prefix, topic) as (projector, end):
+        start = time.perf_counter()
+        await projector.run(until=end)
+        return count / (time.perf_counter() - start)
+
+
+def project_in_processes(run: str, src: Path, prefix: str, partitions: int, count: int) -> float:
+    """Events/s of one projector process per partition into one read model, as instances of a
+    consumer group share the partitions: what cores beyond the first buy."""
+    spawn = multiprocessing.get_context("spawn")  # a fresh interpreter: nothing of this loop
+    ready, go, done = spawn.Queue(), spawn.Event(), spawn.Queue()
+    processes = [
+        spawn.Process(target=_projector_process, args=(run, src, prefix, n, ready, go, done))
+        for n in range(partitions)
+    ]
+    for process in processes:
+        process.start()
+    try:
+        for _ in processes:  # every projector assigned and seeked, its fetcher running
+            ready.get(timeout=120)
+        start = time.time()
+        go.set()
+        finished = [done.get(timeout=600) for _ in processes]
+        return count / (max(finished) - start)
+    finally:
+        for process in processes:
+            process.join(timeout=30)
+            process.kill()
+
+
+def _projector_process(
+    run: str, src: Path, prefix: str, partition: int, ready: Any, go: Any, done: Any
+) -> None:
+    sys.path.insert(0, str(src))
+    from personabff.runtime.service import tune_gc
+
+    async def main() -> None:
+        tune_gc()  # as `serve` does
+        settings = settings_for(run)
+        [topic] = settings.upstream_topics
+        async with projector_over(settings, prefix, topic, [partition]) as (projector, end):
+            ready.put(partition)
+            await asyncio.to_thread(go.wait)  # the loop runs meanwhile, as it fetches
+            await projector.run(until=end)
+            done.put(time.time())
+
+    asyncio.run(main())
+
+
 async def projection(
-    run: str, count: int, naive_count: int, rounds: int
+    run: str, src: Path, count: int, naive_count: int, rounds: int
 ) -> tuple[list[Figure], Any]:
-    """Rounds of: raw getmany, the prototype, the service's projector, one after the other, so
-    each round's three see the same phase of a shared machine; ratios are medians of the rounds'.
-    The first round projects into the read model that the memory and bootstrap figures use."""
+    """Rounds of: raw getmany, the prototype, the service's projector, and a projector process
+    per partition, one after the other, so each round's four see the same phase of a shared
+    machine; ratios are medians of the rounds'. The first round projects into the read model that
+    the memory and bootstrap figures use."""
     from personabff.runtime.kafka import create_topics, own_topics
 
     settings = settings_for(run)
     [topic] = settings.upstream_topics
-    await create_topics(settings, [topic, *own_topics(settings)], partitions=3)
+    partitions = 3
+    await create_topics(settings, [topic, *own_topics(settings)], partitions=partitions)
     say(f"projection: producing {count:,} events")
     await produce(topic, persona_events(count))
 
@@ -291,12 +350,20 @@ async def projection(
     raw: list[float] = []
     prototype: list[float] = []
     service: list[float] = []
+    scaled: list[float] = []
     for n in range(rounds):
-        say(f"projection: round {n + 1} of {rounds}: raw getmany, prototype, service's projector")
+        say(
+            f"projection: round {n + 1} of {rounds}: raw getmany, prototype, service's projector,"
+            f" {partitions} projector processes"
+        )
         raw.append(await raw_consume(topic, count))
         prototype.append(await prototype_consume(f"{run}r{n}", topic, count))
         prefix = settings.redis_key_prefix if n == 0 else f"{settings.redis_key_prefix}.r{n}"
         service.append(await project(settings, prefix, topic, count))
+        processes = f"{settings.redis_key_prefix}.p{n}"
+        scaled.append(
+            await asyncio.to_thread(project_in_processes, run, src, processes, partitions, count)
+        )
 
     rate = statistics.median(service)
     note = f"median of {rounds} rounds"
@@ -321,6 +388,17 @@ async def projection(
             None,
             True,
             f"reference: the prototype is {median_ratio(prototype, raw):.2f}x raw getmany; {note}",
+        ),
+        Figure(
+            f"projection, {partitions} processes, vs raw getmany",
+            statistics.median(scaled),
+            statistics.median(raw),
+            "events/s",
+            median_ratio(scaled, raw),
+            None,
+            True,
+            f"reference: a projector process per partition, {median_ratio(scaled, service):.2f}x"
+            f" one projector on {os.cpu_count()} cores; {note}",
         ),
     ], settings
 
@@ -667,7 +745,7 @@ async def measure(project: Path, quick: bool) -> list[Figure]:
     count = 100_000 if quick else 200_000
     try:
         figures, settings = await projection(
-            run, count, naive_count=5_000 if quick else 20_000, rounds=3
+            run, project / "src", count, naive_count=5_000 if quick else 20_000, rounds=3
         )
         figures.append(await memory(settings))
         figures.append(await bootstrap(settings, rounds=3))
