@@ -24,7 +24,7 @@ from .events import InvalidEventError
 from .instruments import Instruments
 from .kafka import Record, reached, seek
 from .projection import Change, Registry
-from .readmodel import EntityRef, ReadModel, ReadModelLostError, Writes, writes_for
+from .readmodel import EntityRef, ReadModel, ReadModelLostError, Writes, decoded, writes_for
 
 log = logging.getLogger(__name__)
 
@@ -226,12 +226,8 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
     ) -> Writes:
         collections = self._registry.collections
         before: dict[EntityRef, Any] = dict.fromkeys(current)
-        stored: dict[str, dict[EntityRef, bytes]] = {}  # per collection: one decode call
-        for ref, raw in current.items():
-            if raw is not None:
-                stored.setdefault(ref[0], {})[ref] = raw
-        for name, raws in stored.items():
-            before.update(zip(raws, collections[name].loads_all(list(raws.values())), strict=True))
+        stored = {ref: raw for ref, raw in current.items() if raw is not None}
+        before.update(decoded(collections, stored))
         states = dict(before)
         failed: list[DeadLetter] = []
         for record, changes in work:

@@ -218,6 +218,19 @@ def bucket_of(key: str | bytes) -> int:
     return zlib.crc32(key.encode() if isinstance(key, str) else key) % BUCKETS
 
 
+def decoded(
+    collections: Mapping[str, Collection[Any]], stored: Mapping[EntityRef, bytes]
+) -> dict[EntityRef, Any]:
+    """The `stored` entities' JSON as their collections' models, one decode call per collection."""
+    by_collection: dict[str, dict[EntityRef, bytes]] = {}
+    for ref, raw in stored.items():
+        by_collection.setdefault(ref[0], {})[ref] = raw
+    entities: dict[EntityRef, Any] = {}
+    for name, raws in by_collection.items():
+        entities.update(zip(raws, collections[name].loads_all(list(raws.values())), strict=True))
+    return entities
+
+
 def writes_for(
     collections: Mapping[str, Collection[Any]],
     before: Mapping[EntityRef, Any],

@@ -45,7 +45,7 @@ from redis.asyncio import Redis
 
 from .kafka import Record, client_options, new_admin, partitions_of, reached, seek, start_client
 from .projection import Collection
-from .readmodel import BUCKETS, EntityRef, ReadModel, Writes, bucket_of
+from .readmodel import BUCKETS, EntityRef, ReadModel, Writes, bucket_of, decoded
 from .settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -380,9 +380,8 @@ def _writes(collections: Mapping[str, Collection[Any]], batch: _Batch) -> Writes
     """The exported entities and lookup entries as they are; only the entities of collections
     whose lookups must be computed again are decoded, to write those."""
     writes = Writes(hashes=batch.hashes)
-    for ref, raw in batch.unindexed.items():
-        collection = collections[ref[0]]
-        writes.relink(collection, ref, None, collection.loads(raw))
+    for ref, entity in decoded(collections, batch.unindexed).items():
+        writes.relink(collections[ref[0]], ref, None, entity)
     return writes
 
 
