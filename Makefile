@@ -2,8 +2,10 @@
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
-DEST ?= ../personabff
-COPIER_ARGS ?=
+# `make new` needs copier alone: a small environment of its own, not the test environment.
+NEW_VENV ?= .cache/new-venv
+DEST ?=
+NEW_ARGS ?=
 
 .PHONY: help install services stop-services test faults test-fast new lint docs bench bench-full
 
@@ -40,8 +42,9 @@ lint:  ## ruff over the template repository's own Python (the template is checke
 test-fast: install  ## Only what needs no Kafka or Redis
 	$(PY) -m pytest -m "not services and not faults"
 
-docs: install  ## Build the documentation site (strict: broken links fail)
-	$(VENV)/bin/mkdocs build --strict --quiet --site-dir .venv/site
+docs: install  ## Build the documentation site (strict: broken links fail) into .venv/site
+	$(VENV)/bin/mkdocs build --strict --quiet --site-dir $(VENV)/site
+	@echo "docs: open $(abspath $(VENV))/site/index.html"
 
 bench: install services  ## Benchmarks, quick mode (a few minutes): ratios, plot, docs/benchmarks.md
 	. <(scripts/services.sh env) && $(PY) bench/run.py --quick
@@ -49,5 +52,10 @@ bench: install services  ## Benchmarks, quick mode (a few minutes): ratios, plot
 bench-full: install services  ## Benchmarks with larger runs
 	. <(scripts/services.sh env) && $(PY) bench/run.py
 
-new: install  ## Scaffold a service into DEST (default ../personabff), asking each question
-	$(VENV)/bin/copier copy $(COPIER_ARGS) . $(DEST)
+new: $(NEW_VENV)/.installed  ## Scaffold a service, asking each question, into DEST (default ../<service_name>)
+	$(NEW_VENV)/bin/python scripts/new.py $(DEST) $(NEW_ARGS)
+
+$(NEW_VENV)/.installed: pyproject.toml
+	python3 -m venv $(NEW_VENV)
+	$(NEW_VENV)/bin/python -m pip install -q "$$(grep -o '"copier[^"]*"' pyproject.toml | tr -d '"')"
+	touch $@

@@ -20,6 +20,8 @@ def main() -> None:
         project = tomllib.loads((Path(tmp) / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
     requirements = [*project["dependencies"], *(dep for deps in extras.values() for dep in deps)]
+    # An extra that names the project itself (dev includes otel) brings nothing new.
+    requirements = [dep for dep in requirements if not dep.startswith(f"{project['name']}[")]
     sys.stdout.write("\n".join(requirements) + "\n")
 
 

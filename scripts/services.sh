@@ -1,35 +1,12 @@
 #!/usr/bin/env bash
-# Start/stop the local services the app and its tests need (Kafka and Redis, no Docker),
-# and print their connection settings:
+# The template repository's Kafka and Redis, for its tests and benchmarks: the very scripts a
+# generated service runs for `make services` (template/scripts/), on ports and a run directory of
+# their own, so they never meet a service's local Kafka and Redis on 9092 and 6379.
 #
 #   scripts/services.sh start|stop|status|restart|clean
 #   eval "$(scripts/services.sh env)"   # exports KAFKA_BOOTSTRAP_SERVERS and REDIS_URL
-#
-# See scripts/kafka.sh and scripts/redis.sh for the ports and directories they use.
 set -euo pipefail
 
-here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-
-# both ACTION: run ACTION on Kafka and Redis in parallel; fails if either fails.
-both() {
-  local kafka redis rc=0
-  "$here/kafka.sh" "$1" &
-  kafka=$!
-  "$here/redis.sh" "$1" &
-  redis=$!
-  wait "$kafka" || rc=1
-  wait "$redis" || rc=1
-  return "$rc"
-}
-
-case ${1:-} in
-start | stop | status | restart | clean) both "$1" ;;
-env)
-  echo "export KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:${KAFKA_PORT:-39092}"
-  echo "export REDIS_URL=redis://127.0.0.1:${REDIS_PORT:-36379}/0"
-  ;;
-*)
-  echo "usage: $0 start|stop|status|restart|clean|env" >&2
-  exit 1
-  ;;
-esac
+export KAFKA_PORT=${KAFKA_PORT:-39092} KAFKA_CONTROLLER_PORT=${KAFKA_CONTROLLER_PORT:-39093}
+export REDIS_PORT=${REDIS_PORT:-36379} BFF_RUN_DIR=${BFF_RUN_DIR:-$HOME/.cache/bff-template/run}
+exec bash "$(dirname "${BASH_SOURCE[0]}")/../template/scripts/services.sh" "$@"

@@ -1,7 +1,8 @@
 """A Kafka broker and a Redis of a test's own, on free ports, for it to kill and restart.
 
-The broker is scripts/kafka.sh pointed at its own ports and run directory; Redis is Debian's
-redis-server (installed by scripts/redis.sh), run in the foreground as a child of the test.
+The broker is template/scripts/kafka.sh (what a generated service's `make services` runs) pointed
+at its own ports and run directory; Redis is Debian's redis-server (installed by
+template/scripts/redis.sh), run in the foreground as a child of the test.
 """
 
 import os
@@ -33,7 +34,7 @@ class OwnKafka:
 
     def _script(self, command: str) -> None:
         done = subprocess.run(
-            [ROOT / "scripts/kafka.sh", command],
+            [ROOT / "template/scripts/kafka.sh", command],
             env=self.env,
             capture_output=True,
             text=True,
@@ -44,7 +45,7 @@ class OwnKafka:
         # error itself: a report that shows only the exception still says why.
         if done.returncode != 0:
             raise RuntimeError(
-                f"scripts/kafka.sh {command} exited {done.returncode} with {self.bootstrap}:\n"
+                f"kafka.sh {command} exited {done.returncode} with {self.bootstrap}:\n"
                 f"{done.stdout}{done.stderr}"
             )
 

@@ -1,22 +1,22 @@
 #!/usr/bin/env bash
-# Run a private Redis (Debian's redis-server) on 127.0.0.1 for local development and tests,
-# without Docker or systemd, and without touching a system Redis on 6379.
+# Run Redis (Debian's redis-server) on 127.0.0.1 for local development and tests, without Docker
+# or systemd. A Redis already answering on the port (a system one on 6379) is used as it is.
 #
 #   scripts/redis.sh start|stop|status|restart|clean
 #
-# Data dir, log and pid file live in ${BFF_RUN_DIR:-~/.cache/bff-template/run}/redis.
+# Data dir, log and pid file live in ${BFF_RUN_DIR:-~/.cache/bff-template/local}/redis.
 # Nothing is persisted (--save "" --appendonly no). Hashes of up to 512 entries of up to 1 KiB stay
-# compact listpacks (the read model's buckets: runtime/readmodel.py). Installs redis-server with apt
+# compact listpacks (the read model's buckets). Installs redis-server with apt
 # if missing.
-# Env: REDIS_PORT (36379).
+# Env: REDIS_PORT (6379).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$here/lib.sh"
 
-port=${REDIS_PORT:-36379}
-run=${BFF_RUN_DIR:-$HOME/.cache/bff-template/run}/redis
+port=${REDIS_PORT:-6379}
+run=${BFF_RUN_DIR:-$HOME/.cache/bff-template/local}/redis
 pidfile=$run/redis.pid
 
 install_redis() {

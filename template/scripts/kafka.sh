@@ -5,10 +5,10 @@
 #   scripts/kafka.sh start|stop|status|restart|clean
 #   scripts/kafka.sh topics ARGS...   # kafka-topics against this broker, e.g. `topics --list`
 #
-# Jars are fetched once with Maven into ${BFF_CACHE_DIR:-~/.cache/bff-template}/kafka-<version>/libs;
-# config, data and logs live in ${BFF_RUN_DIR:-~/.cache/bff-template/run}/kafka.
-# `stop` keeps the data; `clean` stops and deletes it.
-# Env: KAFKA_PORT (39092), KAFKA_CONTROLLER_PORT (39093), KAFKA_NUM_PARTITIONS (1),
+# Jars are fetched once with Maven into ${BFF_CACHE_DIR:-~/.cache/bff-template}/kafka-<version>/libs
+# (shared by every service made from the template); config, data and logs live in
+# ${BFF_RUN_DIR:-~/.cache/bff-template/local}/kafka. `stop` keeps the data; `clean` deletes it.
+# Env: KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (9093), KAFKA_NUM_PARTITIONS (1),
 #      KAFKA_HEAP_OPTS (-Xms256m -Xmx1g), KAFKA_LOG_LEVEL (WARN), KAFKA_START_TIMEOUT (120),
 #      KAFKA_EXTRA_CONFIG: a server.properties fragment appended to the generated one (a later key
 #        wins, so it may redefine listeners, e.g. add SSL and SASL_SSL ones beside PLAINTEXT),
@@ -23,12 +23,12 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 KAFKA_VERSION=4.4.0
 LOG4J_VERSION=2.25.5 # the log4j-core/api version kafka-server 4.4.0 itself depends on
-port=${KAFKA_PORT:-39092}
-controller_port=${KAFKA_CONTROLLER_PORT:-39093}
+port=${KAFKA_PORT:-9092}
+controller_port=${KAFKA_CONTROLLER_PORT:-9093}
 bootstrap=127.0.0.1:$port
 cache=${BFF_CACHE_DIR:-$HOME/.cache/bff-template}/kafka-$KAFKA_VERSION
 libs=$cache/libs
-run=${BFF_RUN_DIR:-$HOME/.cache/bff-template/run}/kafka
+run=${BFF_RUN_DIR:-$HOME/.cache/bff-template/local}/kafka
 pidfile=$run/kafka.pid
 logfile=$run/logs/kafka.out
 start_timeout=${KAFKA_START_TIMEOUT:-120} # seconds; a loaded 2-core machine needs far more than a quiet one
@@ -184,6 +184,11 @@ start() {
   else
     command -v java >/dev/null || die "kafka: java not found (Kafka $KAFKA_VERSION needs Java 17+)"
     fetch_jars
+    write_client_config
+    if answering; then # started some other way (another checkout's script, a package): use it
+      log "kafka: a broker already answers on $bootstrap (not started by this script); using it"
+      return
+    fi
     t0=$SECONDS
     write_config
     if [[ ! -f $run/data/meta.properties ]]; then
