@@ -73,3 +73,22 @@ def test_copier_examples_render(
     )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / shlex.split(line)[-1] / "pyproject.toml").exists()
+
+
+def test_the_site_loads_nothing_from_elsewhere(tmp_path: Path) -> None:
+    """Scripts and styles come with the site: it reads the same offline."""
+    mkdocs = Path(sys.executable).parent / "mkdocs"
+    built = subprocess.run(
+        [mkdocs, "build", "--strict", "--quiet", "--site-dir", tmp_path],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert built.returncode == 0, built.stderr
+    pages = list(tmp_path.rglob("*.html"))
+    assert pages
+    for page in pages:
+        tags = re.findall(r"<(?:script|link)\b[^>]*>", page.read_text())
+        remote = [tag for tag in tags if re.search(r"""(src|href)=["']?(https?:)?//""", tag)]
+        assert not remote, f"{page.relative_to(tmp_path)} loads {remote}"

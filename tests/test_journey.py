@@ -103,7 +103,7 @@ class Journey:
 
 def _commands(markdown: str, heading: str) -> list[str]:
     """The lines of the first bash block under `heading`, comments dropped."""
-    section = markdown.split(f"\n{heading}\n", 1)[1]
+    section = f"\n{markdown}".split(f"\n{heading}\n", 1)[1]
     block = re.search(r"```bash\n(.*?)```", section, re.DOTALL)
     assert block, f"no bash block under {heading}"
     lines = (line.split("  #", 1)[0].strip() for line in block.group(1).splitlines())
@@ -154,6 +154,9 @@ def test_make_new_then_the_readme_then_an_update(
 ) -> None:
     template = snapshot_template(tmp_path / "template")
     env = _environment(services_env)
+    # The template's README opens with the two commands: this one scaffolds (`make test` runs this).
+    readme = (ROOT / "README.md").read_text()
+    assert _commands(readme, readme.splitlines()[0]) == ["make new", "make test"]
     new = subprocess.run(
         ["make", "new", f"NEW_ARGS=--defaults --data service_name={service_name}"],
         cwd=template,
@@ -171,8 +174,7 @@ def test_make_new_then_the_readme_then_an_update(
     journey = Journey(project, env, tmp_path / "journey.log")
     journey.write_env(services_env)
 
-    readme = (project / "README.md").read_text()
-    start = _commands(readme, "## Start")
+    start = _commands((project / "README.md").read_text(), "## Start")
     assert start[-1] == "make run", start
     for command in start[:-1]:
         journey.sh(command)
