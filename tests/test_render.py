@@ -4,12 +4,15 @@ Every variant is linted and type-checked; the representative ones also run their
 suite against the real Kafka and Redis.
 """
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .helpers import ROOT, assert_ok, render, run
+from .helpers import assert_ok, render, run
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "defaults": {},
@@ -49,7 +52,9 @@ def _check(project: Path) -> None:
     (package,) = (path.name for path in (project / "src").iterdir())
     written = project / "baseline-now.json"
     assert_ok(run(project, package, "contracts", "baseline", "--baseline", str(written)))
-    assert written.read_text() == (project / "src" / package / "contracts/baseline.json").read_text()
+    assert (
+        written.read_text() == (project / "src" / package / "contracts/baseline.json").read_text()
+    )
     written.unlink()
 
 
@@ -90,3 +95,22 @@ def test_results_topic_only_with_pipeline_results(tmp_path: Path) -> None:
         in (with_results / "src/personabff/runtime/settings.py").read_text()
     )
 
+
+@pytest.mark.parametrize("variant", ["defaults", "bare"])
+def test_the_readme_lists_every_setting(tmp_path: Path, variant: str) -> None:
+    project = render(tmp_path / variant, **VARIANTS[variant])
+    fields = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from personabff.settings import Settings as S; print(*S.model_fields)",
+        ],
+        cwd=project,
+        env={**os.environ, "PYTHONPATH": str(project / "src")},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    readme = (project / "README.md").read_text()
+    missing = [name.upper() for name in fields.stdout.split() if f"`{name.upper()}`" not in readme]
+    assert not missing, f"settings missing from the README's tables: {missing}"
