@@ -73,7 +73,7 @@ class Journey:
     def serving(self, command: str = "make run") -> Iterator[str]:
         """`command` running in the background until `/health/ready` answers 200."""
         url = f"http://127.0.0.1:{self.port}"
-        output = self.project / "serve.log"
+        output = self.log.with_name(f"serve-{self.project.name}.log")
         with output.open("w") as out:
             process = subprocess.Popen(
                 ["bash", "-c", command],
@@ -114,7 +114,7 @@ def _release(template: Path) -> None:
     """The template moves on: a template-owned module changes and one is added; v99.1.0."""
     runtime = template / "template/src/{{package_name}}/runtime"
     health = runtime / "health.py"
-    health.write_text(health.read_text().replace('"""Liveness', '"""Probes, v99.1.0: liveness', 1))
+    health.write_text(health.read_text() + '\nRELEASED_IN = "v99.1.0"\n')
     (runtime / "release.py").write_text('"""Added in v99.1.0."""\n\nRELEASE = "v99.1.0"\n')
     git(template, "add", "-A")
     git(template, "commit", "-q", "-m", "release v99.1.0")
@@ -129,7 +129,7 @@ def _update_and_check(journey: Journey, template: Path, package: str) -> None:
     for command in commands[:-1]:
         journey.sh(command)
     runtime = journey.project / "src" / package / "runtime"
-    assert "Probes, v99.1.0" in (runtime / "health.py").read_text()
+    assert 'RELEASED_IN = "v99.1.0"' in (runtime / "health.py").read_text()
     assert (runtime / "release.py").exists()
     journey.sh("make lint typecheck contracts")
     with journey.serving():
