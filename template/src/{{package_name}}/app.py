@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from redis.exceptions import RedisError
 
 from . import api
@@ -41,11 +42,15 @@ def create_app(
             app.state.metrics = metrics.registry_for(running)
             yield
 
-    app = FastAPI(
+    # /docs and /redoc load Swagger UI's and ReDoc's scripts and styles from this service, not a
+    # CDN, so they work where the service runs without internet access.
+    app = FastAPIOffline(
         title=settings.service_name,
         lifespan=lifespan,
         # FastAPI answers 400 itself to a body it cannot parse (and _bad_cursor to a bad cursor).
         responses={400: {"description": "Malformed request"}},
+        # Swagger UI would send the OpenAPI document to an online validator for its badge.
+        swagger_ui_parameters={"validatorUrl": None},
     )
     app.add_middleware(HttpTelemetry, instruments=instruments)
     app.add_exception_handler(RedisError, _read_model_unavailable)

@@ -16,7 +16,7 @@ from rich.progress import MofNCompleteColumn, Progress, TransferSpeedColumn
 from . import contracts as contracts_package
 from .app import contracts_document, create_app
 from .projections import REGISTRY
-from .runtime import logs, ops, service, tracing
+from .runtime import logs, ops, publishing, service, tracing
 from .runtime.contracts import BaselineError, compare, load_baseline, messages, write_baseline
 from .runtime.errors import StartupError
 from .runtime.kafka import create_topics, missing_topics, new_producer, own_topics, start_client
@@ -120,6 +120,69 @@ def dlq_redrive() -> None:
     settings = load_settings()
     projector = _run_job(ops.redrive(settings, REGISTRY))
     typer.echo(f"applied {projector.applied}, dead-lettered again {projector.dead_lettered}")
+
+
+@cli.command("publish")
+def publish_command(
+    event_type: Annotated[
+        str, typer.Argument(metavar="TYPE", help="An event type this service projects or upcasts")
+    ],
+    data: Annotated[
+        str | None, typer.Option(help="The event's data, as JSON; default: a sample")
+    ] = None,
+    data_file: Annotated[
+        Path | None, typer.Option(help="A file holding the data, as JSON", dir_okay=False)
+    ] = None,
+    key: Annotated[
+        str | None, typer.Option(help="Kafka key; default: the key of the entity it changes")
+    ] = None,
+    topic: Annotated[
+        str | None, typer.Option(help="Upstream topic; needed when UPSTREAM_TOPICS has several")
+    ] = None,
+) -> None:
+    """Publish an upstream event, checked against its contract, to try this service locally.
+
+    Without --data or --data-file, the data is a sample built from the contract."""
+    settings = load_settings()
+    try:
+        outgoing = publishing.prepare(
+            settings, REGISTRY, event_type, _data(data, data_file), key=key, topic=topic
+        )
+        sent = _run_job(publishing.send(settings, outgoing))
+    except publishing.RefusedError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from None
+    event = sent.event
+    shown = {
+        "topic": sent.topic,
+        "partition": sent.partition,
+        "offset": sent.offset,
+        "key": sent.key,
+        "id": event.id,
+        "type": event.type,
+        "data": event.data,
+    }
+    typer.echo(orjson.dumps(shown, option=orjson.OPT_INDENT_2).decode())
+
+
+def _data(text: str | None, path: Path | None) -> Any:
+    """The data given as JSON (None: none given); bad JSON stops the command, saying where."""
+    if text is not None and path is not None:
+        typer.echo("error: give --data or --data-file, not both", err=True)
+        raise typer.Exit(code=2)
+    if path is not None:
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            typer.echo(f"error: cannot read {path}: {exc.strerror or exc}", err=True)
+            raise typer.Exit(code=2) from None
+    if text is None:
+        return None
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        typer.echo(f"error: the data is not JSON: {exc}", err=True)
+        raise typer.Exit(code=2) from None
 
 
 snapshot = typer.Typer(no_args_is_help=True, help="Snapshots of the read model.")

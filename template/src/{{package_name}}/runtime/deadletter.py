@@ -3,16 +3,20 @@
 A dead letter keeps the original key, value and headers and adds `dlq.*` headers naming where it
 came from and why it failed. Publishing is at-least-once: a crash between publishing and committing
 the batch publishes the same dead letter again, recognisable by its source topic, partition and
-offset.
+offset. Every component dead-letters through `publish`, which logs each letter once, at WARNING,
+with the same reason its headers carry.
 """
 
 import asyncio
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaProducer
 
 from .kafka import Record
+
+log = logging.getLogger(__name__)
 
 HEADER_PREFIX = "dlq."
 
@@ -23,14 +27,12 @@ class DeadLetter:
     error: BaseException
     attempts: int = 1
 
-    def headers(self) -> list[tuple[str, bytes]]:
-        """The record's own headers plus the reason; a redriven letter keeps its first source."""
+    def reason(self) -> dict[str, str]:
+        """Where the record came from and why it failed; a redriven letter keeps its first
+        source and adds up its attempts."""
         record = self.record
-        own = [
-            (name, value) for name, value in record.headers if not name.startswith(HEADER_PREFIX)
-        ]
         before = reason_of(record)
-        reason = {
+        return {
             "topic": before.get("topic", record.topic),
             "partition": before.get("partition", str(record.partition)),
             "offset": before.get("offset", str(record.offset)),
@@ -39,6 +41,11 @@ class DeadLetter:
             "attempts": str(int(before.get("attempts", "0")) + self.attempts),
             "time": datetime.now(UTC).isoformat(),
         }
+
+    def headers(self, reason: dict[str, str]) -> list[tuple[str, bytes]]:
+        """The record's own headers plus the reason."""
+        headers = self.record.headers
+        own = [(name, value) for name, value in headers if not name.startswith(HEADER_PREFIX)]
         return own + [(HEADER_PREFIX + name, value.encode()) for name, value in reason.items()]
 
 
@@ -52,11 +59,28 @@ def reason_of(record: Record) -> dict[str, str]:
 
 
 async def publish(producer: AIOKafkaProducer, topic: str, letters: list[DeadLetter]) -> None:
-    """Send dead letters and wait until the broker has every one of them."""
+    """Send dead letters, wait until the broker has every one of them, then log each."""
+    reasons = [letter.reason() for letter in letters]
     sent = [
         await producer.send(
-            topic, value=letter.record.value, key=letter.record.key, headers=letter.headers()
+            topic, value=letter.record.value, key=letter.record.key, headers=letter.headers(reason)
         )
-        for letter in letters
+        for letter, reason in zip(letters, reasons, strict=True)
     ]
     await asyncio.gather(*sent)
+    for reason in reasons:
+        fields = {
+            "source_topic": reason["topic"],
+            "source_partition": reason["partition"],
+            "source_offset": reason["offset"],
+            "error_class": reason["error.class"],
+            "error_message": reason["error.message"],
+            "attempts": reason["attempts"],
+        }
+        # The fields are also attributes of the log record: JSON lines can be filtered on them.
+        log.warning(
+            "dead-lettered %(source_topic)s[%(source_partition)s]@%(source_offset)s:"
+            " %(error_class)s: %(error_message)s (attempts: %(attempts)s)",
+            fields,
+            extra=fields,
+        )

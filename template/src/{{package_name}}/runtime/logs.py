@@ -1,7 +1,11 @@
 """Logging: one JSON object per line (LOG_FORMAT=json) or plain text, with the id, correlation id
-and trace id of the event or command being handled on every line logged while handling it."""
+and trace id of the event or command being handled on every line logged while handling it.
+
+LOG_FORMAT=auto (the default) picks by where the lines go: text for a person at a terminal, JSON
+for a container runtime, a pipe or a file, where a log collector reads them."""
 
 import logging
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -34,9 +38,12 @@ class _Context(logging.Filter):
 
 
 def configure(level: str, fmt: str) -> None:
-    """Route every logger (uvicorn's and aiokafka's included) through one root handler."""
-    handler = logging.StreamHandler()
+    """Route every logger (uvicorn's and aiokafka's included) through one root handler on stderr,
+    in `fmt`: json, text, or auto (text if stderr is a terminal, else json)."""
+    handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_Context())
+    if fmt == "auto":
+        fmt = "text" if sys.stderr.isatty() else "json"
     if fmt == "json":
         handler.setFormatter(
             JsonFormatter(

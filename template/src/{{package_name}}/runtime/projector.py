@@ -203,9 +203,11 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
         await self._dead_letter(rejected)
 
         refs = list(dict.fromkeys((c.collection.name, c.key) for _, cs in work for c in cs))
+        # A concurrent write makes the batch fold again: what it dead-lettered stays sent.
+        sent: set[tuple[str, int, int]] = set()
 
         async def fold(current: list[bytes | None]) -> Writes:
-            return await self._fold(work, dict(zip(refs, current, strict=True)))
+            return await self._fold(work, dict(zip(refs, current, strict=True)), sent)
 
         if await self._readmodel.commit(expected, new, refs, fold):
             self._positions.update(new)
@@ -222,7 +224,10 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
         return {}
 
     async def _fold(
-        self, work: list[tuple[Record, list[Change]]], current: dict[EntityRef, bytes | None]
+        self,
+        work: list[tuple[Record, list[Change]]],
+        current: dict[EntityRef, bytes | None],
+        sent: set[tuple[str, int, int]],
     ) -> Writes:
         collections = self._registry.collections
         before: dict[EntityRef, Any] = dict.fromkeys(current)
@@ -237,10 +242,11 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
             except Exception as exc:
                 error = exc
             outcome = await self._retry(record, changes, states, error)
-            if isinstance(outcome, DeadLetter):
-                failed.append(outcome)
-            else:
+            if not isinstance(outcome, DeadLetter):
                 states.update(outcome)
+            elif (where := (record.topic, record.partition, record.offset)) not in sent:
+                failed.append(outcome)
+                sent.add(where)
         await self._dead_letter(failed)
         self.dead_lettered += len(failed)
         return writes_for(collections, before, states)
