@@ -6,6 +6,7 @@ rendered by copier from the same `template/`, validated by the same `copier.yml`
 """
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -24,11 +25,37 @@ REMOTE_PREFIXES = ("gh:", "gl:", "git@", "git+", "https://", "http://", "ssh://"
 
 
 def template_source() -> str:
-    """Where copier (and later `copier update`) finds the template."""
+    """Where copier (and later `copier update`) finds the template.
+
+    Cookiecutter hands its hooks a temporary copy of a local template (`_repo_dir`), deleted once
+    the project is made, so a local template is found again from the path cookiecutter was given,
+    relative to where it was started: the shell's PWD, or `_output_dir` when no `-o` was given.
+    """
     template = str(CONTEXT["_template"])
     if template.startswith(REMOTE_PREFIXES):
         return template
-    return str(Path(CONTEXT["_repo_dir"]).resolve())
+    copy = Path(CONTEXT["_repo_dir"]).resolve()
+    starts = [Path(os.environ.get("PWD") or os.devnull), Path(CONTEXT["_output_dir"])]
+    for start in starts:
+        candidate = (start / template).resolve()
+        if _same_template(candidate, copy):
+            return str(candidate)
+    print(
+        f"note: the project records {copy}, a temporary copy of the template, as its source;"
+        " set `_src_path` in .copier-answers.yml to the template's location before `copier update`",
+        file=sys.stderr,
+    )
+    return str(copy)
+
+
+def _same_template(candidate: Path, copy: Path) -> bool:
+    if candidate == copy:
+        return True
+    files = ("copier.yml", "cookiecutter.json")
+    try:
+        return all((candidate / name).read_bytes() == (copy / name).read_bytes() for name in files)
+    except OSError:
+        return False
 
 
 def main() -> int:

@@ -94,3 +94,7 @@ def test_every_prompt_names_its_question_and_what_it_allows() -> None:
                 assert "lowercase letters and digits, starting with a letter" in prompt
             for limit in re.findall(r"length > (\d+)", validator):
                 assert f"at most {limit}" in prompt
+        # cookiecutter checks the answer with copier's rule right after asking it
+        if validator or "choices" in config[name]:
+            keys = list(cookiecutter)
+            assert keys[keys.index(name) + 1] == f"__{name}_checked"
