@@ -2,7 +2,8 @@
 
 Cookiecutter renders this file with Jinja first, so the answers arrive as JSON below. The project is
 rendered by copier from the same `template/`, validated by the same `copier.yml`, and records a
-`.copier-answers.yml`, so `copier update` works on it like on any copier-made project.
+`.copier-answers.yml`, so `copier update` works on it like on any copier-made project. Copier runs
+quietly; this hook then prints copier.yml's `_message_after_copy` for the folder cookiecutter made.
 """
 
 import json
@@ -58,6 +59,25 @@ def _same_template(candidate: Path, copy: Path) -> bool:
         return False
 
 
+def next_steps() -> str:
+    """copier.yml's `_message_after_copy`, for the folder cookiecutter made, as the user would cd."""
+    import yaml
+    from jinja2.sandbox import SandboxedEnvironment
+
+    copy = Path(CONTEXT["_repo_dir"])
+    config = yaml.safe_load((copy / "copier.yml").read_text(encoding="utf-8"))
+    folder = Path.cwd()
+    start = Path(os.environ.get("PWD") or CONTEXT["_output_dir"]).resolve()
+    if folder.is_relative_to(start):
+        folder = folder.relative_to(start)
+    env = SandboxedEnvironment(
+        extensions=["jinja2_ansible_filters.AnsibleCoreFiltersExtension"],
+        **config.get("_envops", {}),
+    )
+    message = config.get("_message_after_copy", "")
+    return env.from_string(message).render(_copier_conf={"dst_path": folder})
+
+
 def main() -> int:
     try:
         from copier import run_copy
@@ -79,6 +99,7 @@ def main() -> int:
     except ValueError as exc:  # copier's validators refuse the answer, saying what is allowed
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    print(next_steps(), file=sys.stderr)
     return 0
 
 

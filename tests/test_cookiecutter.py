@@ -13,6 +13,15 @@ from copier import run_copy, run_update
 
 from .helpers import git, snapshot_template
 
+NEXT_STEPS = (
+    "python3 -m venv .venv && . .venv/bin/activate",
+    "make install",
+    "make services",
+    "make topics",
+    "make run",
+    "http://127.0.0.1:8000/docs; README.md has the rest",
+)
+
 
 def _tree(root: Path) -> set[str]:
     return {str(path.relative_to(root)) for path in root.rglob("*") if path.is_file()}
@@ -135,6 +144,19 @@ def test_cookiecutter_cli_refuses_a_bad_answer_in_one_line(
     assert _left_in(tmp_path) == []
 
 
+def test_cookiecutter_cli_from_a_relative_path_prints_the_next_steps(tmp_path: Path) -> None:
+    template = snapshot_template(tmp_path / "bff-template")
+    result = _cookiecutter_cli(sys.executable, tmp_path, "--no-input", "bff-template")
+    assert result.returncode == 0, result.stdout + result.stderr
+    answers = (tmp_path / "personabff/.copier-answers.yml").read_text()
+    assert f"_src_path: {template}" in answers
+    output = result.stdout + result.stderr
+    assert output.count("Next steps") == 1
+    assert "  cd personabff\n" in output
+    for step in NEXT_STEPS:
+        assert step in output
+
+
 @pytest.fixture(scope="session")
 def cookiecutter_alone(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The Python of a fresh venv with cookiecutter and not copier, once per test session."""
@@ -161,3 +183,22 @@ def test_cookiecutter_without_copier_stops_before_the_first_question(
     assert "company" not in output
     assert "Traceback" not in output
     assert _left_in(tmp_path) == []
+
+
+def test_copier_prints_the_next_steps_with_the_destination(
+    tmp_path: Path, template_snapshot: Path
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "copier", "copy", "--defaults", str(template_snapshot), "orderbff"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    _, found, steps = result.stderr.partition("Next steps:")
+    assert found, result.stderr
+    assert steps.lstrip("\n").startswith("  cd orderbff\n")
+    for step in NEXT_STEPS:
+        assert step in steps
