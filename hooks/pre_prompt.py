@@ -30,7 +30,7 @@ def problem(minimum: str) -> str | None:
     """Why copier cannot render this template from this Python, or None when it can."""
     install = (
         f"install it where cookiecutter runs: `{sys.executable} -m pip install 'copier>={minimum}'`"
-        " (with pipx: `pipx inject cookiecutter copier`)"
+        " (with pipx: `pipx inject cookiecutter 'copier>={minimum}'`)"
     )
     try:
         import copier  # noqa: F401
