@@ -2,10 +2,12 @@
 
 Cookiecutter renders this file with Jinja first, so the answers arrive as JSON below. The project is
 rendered by copier from the same `template/`, validated by the same `copier.yml`, and records a
-`.copier-answers.yml`, so `copier update` works on it like on any copier-made project.
+`.copier-answers.yml`, so `copier update` works on it like on any copier-made project. Copier runs
+quietly; this hook then prints copier.yml's `_message_after_copy` for the folder cookiecutter made.
 """
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -24,11 +26,56 @@ REMOTE_PREFIXES = ("gh:", "gl:", "git@", "git+", "https://", "http://", "ssh://"
 
 
 def template_source() -> str:
-    """Where copier (and later `copier update`) finds the template."""
+    """Where copier (and later `copier update`) finds the template.
+
+    Cookiecutter hands its hooks a temporary copy of a local template (`_repo_dir`), deleted once
+    the project is made, so a local template is found again from the path cookiecutter was given,
+    relative to where it was started: the shell's PWD, or `_output_dir` when no `-o` was given.
+    """
     template = str(CONTEXT["_template"])
     if template.startswith(REMOTE_PREFIXES):
         return template
-    return str(Path(CONTEXT["_repo_dir"]).resolve())
+    copy = Path(CONTEXT["_repo_dir"]).resolve()
+    starts = [Path(os.environ.get("PWD") or os.devnull), Path(CONTEXT["_output_dir"])]
+    for start in starts:
+        candidate = (start / template).resolve()
+        if _same_template(candidate, copy):
+            return str(candidate)
+    print(
+        f"note: the project records {copy}, a temporary copy of the template, as its source;"
+        " set `_src_path` in .copier-answers.yml to the template's location before `copier update`",
+        file=sys.stderr,
+    )
+    return str(copy)
+
+
+def _same_template(candidate: Path, copy: Path) -> bool:
+    if candidate == copy:
+        return True
+    files = ("copier.yml", "cookiecutter.json")
+    try:
+        return all((candidate / name).read_bytes() == (copy / name).read_bytes() for name in files)
+    except OSError:
+        return False
+
+
+def next_steps() -> str:
+    """copier.yml's `_message_after_copy`, for the folder cookiecutter made, as the user would cd."""
+    import yaml
+    from jinja2.sandbox import SandboxedEnvironment
+
+    copy = Path(CONTEXT["_repo_dir"])
+    config = yaml.safe_load((copy / "copier.yml").read_text(encoding="utf-8"))
+    folder = Path.cwd()
+    start = Path(os.environ.get("PWD") or CONTEXT["_output_dir"]).resolve()
+    if folder.is_relative_to(start):
+        folder = folder.relative_to(start)
+    env = SandboxedEnvironment(
+        extensions=["jinja2_ansible_filters.AnsibleCoreFiltersExtension"],
+        **config.get("_envops", {}),
+    )
+    message = config.get("_message_after_copy", "")
+    return env.from_string(message).render(_copier_conf={"dst_path": folder})
 
 
 def main() -> int:
@@ -52,6 +99,7 @@ def main() -> int:
     except ValueError as exc:  # copier's validators refuse the answer, saying what is allowed
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    print(next_steps(), file=sys.stderr)
     return 0
 
 

@@ -1,10 +1,13 @@
 """Every copier question refuses a bad answer with a message saying what is allowed."""
 
+import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from .helpers import ROOT
 
@@ -72,3 +75,26 @@ def test_good_answers_are_accepted(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "service/src/orderbff2/settings.py").exists()
+
+
+def test_every_prompt_names_its_question_and_what_it_allows() -> None:
+    config = yaml.safe_load((ROOT / "copier.yml").read_text())
+    cookiecutter = json.loads((ROOT / "cookiecutter.json").read_text())
+    asked = [
+        name
+        for name, spec in config.items()
+        if not name.startswith("_") and isinstance(spec, dict) and spec.get("when") is not False
+    ]
+    assert sorted(cookiecutter["__prompts__"]) == sorted(asked)
+    for name in asked:
+        validator = config[name].get("validator", "")
+        for prompt in (config[name]["help"], cookiecutter["__prompts__"][name]):
+            assert prompt.startswith(f"{name}: "), prompt
+            if "regex_search('^[a-z][a-z0-9]*$')" in validator:
+                assert "lowercase letters and digits, starting with a letter" in prompt
+            for limit in re.findall(r"length > (\d+)", validator):
+                assert f"at most {limit}" in prompt
+        # cookiecutter checks the answer with copier's rule right after asking it
+        if validator or "choices" in config[name]:
+            keys = list(cookiecutter)
+            assert keys[keys.index(name) + 1] == f"__{name}_checked"
