@@ -14,12 +14,11 @@ from copier import run_copy, run_update
 from .helpers import git, snapshot_template
 
 NEXT_STEPS = (
-    "python3 -m venv .venv && . .venv/bin/activate",
     "make install",
     "make services",
     "make topics",
     "make run",
-    "http://127.0.0.1:8000/docs; README.md has the rest",
+    "README.md has the rest",
 )
 
 

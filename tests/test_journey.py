@@ -101,12 +101,17 @@ class Journey:
         )
 
 
-def _commands(markdown: str, heading: str) -> list[str]:
-    """The lines of the first bash block under `heading`, comments dropped."""
+def _block(markdown: str, heading: str) -> str:
+    """The first bash block under `heading`."""
     section = f"\n{markdown}".split(f"\n{heading}\n", 1)[1]
     block = re.search(r"```bash\n(.*?)```", section, re.DOTALL)
     assert block, f"no bash block under {heading}"
-    lines = (line.split("  #", 1)[0].strip() for line in block.group(1).splitlines())
+    return block.group(1)
+
+
+def _commands(markdown: str, heading: str) -> list[str]:
+    """The lines of the first bash block under `heading`, comments dropped."""
+    lines = (line.split("  #", 1)[0].strip() for line in _block(markdown, heading).splitlines())
     return [line for line in lines if line]
 
 
@@ -174,13 +179,17 @@ def test_make_new_then_the_readme_then_an_update(
     journey = Journey(project, env, tmp_path / "journey.log")
     journey.write_env(services_env)
 
-    start = _commands((project / "README.md").read_text(), "## Start")
+    readme = (project / "README.md").read_text()
+    start = _commands(readme, "## Start")
     assert start[-1] == "make run", start
     for command in start[:-1]:
         journey.sh(command)
     assert (project / ".venv/bin/python").exists()
-    with journey.serving(start[-1]):
-        pass
+    with journey.serving(start[-1]) as url:
+        # "Try it", as one script in a second terminal: an upstream event reaches the read model.
+        try_it = _block(readme, "## Try it").replace("http://127.0.0.1:8000", url)
+        journey.sh(f"set -e\n{try_it}")
+        until(lambda: httpx.get(f"{url}/personas/p-1").json().get("name") == "Ada Lovelace")
     journey.sh("make check", timeout=1500)
 
     _update_and_check(journey, template, service_name)
