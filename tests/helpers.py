@@ -4,9 +4,11 @@ Every rendered variant uses the one shared environment this test run lives in (`
 nothing is installed per variant: tools run as `python -m ...` with the variant's `src` on the path.
 """
 
+import io
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +68,36 @@ def snapshot_template(dest: Path, tag: str = "v99.0.0") -> Path:
     A copy made from a dirty checkout records a commit that later updates cannot find; a snapshot
     gives copier and cookiecutter a real, versioned source that a test may move forward.
     """
+    _copy_working_tree(dest)
+    git(dest, "init", "-q", "-b", "main")
+    _commit_and_tag(dest, tag)
+    return dest
+
+
+def snapshot_release(dest: Path, commit: str, tag: str = "v99.0.0") -> Path:
+    """The template as it was at `commit` of this repository, committed into a fresh repo at
+    `dest` and tagged `tag`: a real earlier release that `advance_to_working_tree` can update."""
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", commit], cwd=ROOT, capture_output=True, check=False
+    )
+    assert archive.returncode == 0, f"commit {commit} is not in this clone: {archive.stderr!r}"
+    dest.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(dest, filter="tar")
+    git(dest, "init", "-q", "-b", "main")
+    _commit_and_tag(dest, tag)
+    return dest
+
+
+def advance_to_working_tree(template: Path, tag: str = "v99.1.0") -> None:
+    """Release the template's current working tree on top of an earlier snapshot, as `tag`."""
+    for name in filter(None, git(template, "ls-files", "-z").split("\0")):
+        (template / name).unlink()
+    _copy_working_tree(template)
+    _commit_and_tag(template, tag)
+
+
+def _copy_working_tree(dest: Path) -> None:
     files = git(ROOT, "ls-files", "--cached", "--others", "--exclude-standard", "-z").split("\0")
     for name in filter(None, files):
         source = ROOT / name
@@ -73,11 +105,13 @@ def snapshot_template(dest: Path, tag: str = "v99.0.0") -> Path:
             target = dest / name
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(source.read_bytes())
-    git(dest, "init", "-q", "-b", "main")
-    git(dest, "add", "-A")
-    git(dest, "commit", "-q", "-m", "snapshot")
-    git(dest, "tag", tag)
-    return dest
+            target.chmod(source.stat().st_mode)
+
+
+def _commit_and_tag(repo: Path, tag: str) -> None:
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", f"release {tag}")
+    git(repo, "tag", tag)
 
 
 def forget_keys(redis_url: str, *prefixes: str) -> None:

@@ -119,7 +119,7 @@ def _release(template: Path) -> None:
     """The template moves on: a template-owned module changes and one is added; v99.1.0."""
     runtime = template / "template/src/{{package_name}}/runtime"
     health = runtime / "health.py"
-    health.write_text(health.read_text() + '\nRELEASED_IN = "v99.1.0"\n')
+    health.write_text(health.read_text() + '\n\nRELEASED_IN = "v99.1.0"\n')
     (runtime / "release.py").write_text('"""Added in v99.1.0."""\n\nRELEASE = "v99.1.0"\n')
     git(template, "add", "-A")
     git(template, "commit", "-q", "-m", "release v99.1.0")

@@ -12,7 +12,14 @@ from pathlib import Path
 import pytest
 from copier import run_copy, run_update
 
-from .helpers import assert_ok, git, run, snapshot_template
+from .helpers import (
+    advance_to_working_tree,
+    assert_ok,
+    git,
+    run,
+    snapshot_release,
+    snapshot_template,
+)
 
 PKG = "src/personabff"
 TEMPLATE_PKG = "template/src/{{package_name}}"
@@ -226,3 +233,30 @@ def test_a_migration_moves_user_files_when_a_release_renames_their_folder(
     moved = (project / PKG / "commands/personas.py").read_text()
     assert moved == mine[f"{PKG}/handlers/personas.py"]
     _assert_clean(project)
+
+
+# The last release before the user's journey was tested end to end (make new, make update).
+PREVIOUS_RELEASE = "3c8fa5e"
+
+
+@pytest.mark.services
+def test_a_project_of_the_previous_release_updates_to_this_one(
+    tmp_path: Path, services_env: dict[str, str]
+) -> None:
+    template = snapshot_release(tmp_path / "template", PREVIOUS_RELEASE)
+    project = tmp_path / "personabff"
+    run_copy(str(template), str(project), defaults=True, quiet=True, vcs_ref="v99.0.0")
+    git(project, "init", "-q", "-b", "main")
+    _commit(project, "generated")
+    mine = _edit_as_user(project)
+
+    advance_to_working_tree(template)
+    _update(project)
+
+    assert {path: (project / path).read_text() for path in mine} == mine
+    assert "_commit: v99.1.0" in (project / ".copier-answers.yml").read_text()
+    _assert_clean(project)
+    assert_ok(run(project, "personabff", "contracts", "check"))
+    result = run(project, "pytest", "-p", "no:cacheprovider", "-q", "-x", env=services_env)
+    assert_ok(result)
+    assert " passed" in result.stdout and "skipped" not in result.stdout
