@@ -6,7 +6,7 @@ Renders the template with default answers, then measures, against the real Kafka
 KAFKA_BOOTSTRAP_SERVERS and REDIS_URL (`make bench` starts both):
 
     projection  events/s into the read model    vs raw getmany, and a naive SET-per-event consumer
-                                                (and, for reference, the issue's prototype, and a
+                                                (and, for reference, a prototype projector, and a
                                                 projector process per partition)
     query       GET /personas/{id} req/s, p99   vs a minimal FastAPI app doing one Redis GET (wrk)
     bootstrap   snapshot records/s loaded       vs raw consume of the data topic
@@ -179,7 +179,7 @@ async def raw_consume(topic: str, count: int) -> float:
 
 # ------------------------------------------------------------------------------ the benchmarks
 async def prototype_consume(run: str, topic: str, count: int) -> float:
-    """Events/s of the issue's prototype projector: orjson, a dict fold over state held in memory,
+    """Events/s of the prototype projector: orjson, a dict fold over state held in memory,
     one MULTI with an MSET of the batch's entities and the checkpoint HSET. No validation, no
     lookups, no read or check of the stored state: what is left of a projector without them."""
     from personabff.runtime.redis import redis_client

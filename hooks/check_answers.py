@@ -1,8 +1,8 @@
 """A Jinja extension cookiecutter loads (`_extensions` in cookiecutter.json) to check each answer.
 
-cookiecutter.json follows each question with a private `__<question>_checked` variable, which
-cookiecutter renders as soon as the question is answered: `{{ check_answer(cookiecutter, 'company') }}`
-runs the question's `validator` (and `choices`) from copier.yml, as copier would. A refused answer
+cookiecutter.json (made from copier.yml by scripts/cookiecutter_json.py) follows each validated
+question with a private `__<question>_checked` variable, which cookiecutter renders as soon as the
+question is answered: `{{ check_answer(cookiecutter, 'company') }}` runs the question's `validator` (and `choices`) from copier.yml, as copier would. A refused answer
 stops cookiecutter at once with copier's one-line message, before anything is generated; cookiecutter
 cannot ask the question again.
 """

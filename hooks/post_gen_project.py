@@ -10,18 +10,9 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 CONTEXT = json.loads(r"""{{ cookiecutter | jsonify }}""")
-QUESTIONS = (
-    "company",
-    "namespace",
-    "service_name",
-    "upstream_service",
-    "description",
-    "python_version",
-    "include_example",
-    "pipeline_results",
-)
 REMOTE_PREFIXES = ("gh:", "gl:", "git@", "git+", "https://", "http://", "ssh://")
 
 
@@ -59,13 +50,26 @@ def _same_template(candidate: Path, copy: Path) -> bool:
         return False
 
 
-def next_steps() -> str:
-    """copier.yml's `_message_after_copy`, for the folder cookiecutter made, as the user would cd."""
+def copier_config() -> dict[str, Any]:
+    """The template's copier.yml (in the copy cookiecutter made), read with the yaml copier brings."""
     import yaml
+
+    return yaml.safe_load((Path(CONTEXT["_repo_dir"]) / "copier.yml").read_text(encoding="utf-8"))
+
+
+def questions(config: dict[str, Any]) -> list[str]:
+    """The questions copier.yml asks, which cookiecutter.json asks too (it is made from them)."""
+    return [
+        name
+        for name, spec in config.items()
+        if not name.startswith("_") and isinstance(spec, dict) and spec.get("when") is not False
+    ]
+
+
+def next_steps(config: dict[str, Any]) -> str:
+    """copier.yml's `_message_after_copy`, for the folder cookiecutter made, as the user would cd."""
     from jinja2.sandbox import SandboxedEnvironment
 
-    copy = Path(CONTEXT["_repo_dir"])
-    config = yaml.safe_load((copy / "copier.yml").read_text(encoding="utf-8"))
     folder = Path.cwd()
     start = Path(os.environ.get("PWD") or CONTEXT["_output_dir"]).resolve()
     if folder.is_relative_to(start):
@@ -85,7 +89,16 @@ def main() -> int:
         print("error: this template renders with copier: `pip install copier`", file=sys.stderr)
         return 1
     Path("COOKIECUTTER_STUB").unlink(missing_ok=True)
-    answers = {name: CONTEXT[name] for name in QUESTIONS}
+    config = copier_config()
+    missing = [name for name in questions(config) if name not in CONTEXT]
+    if missing:
+        print(
+            f"error: cookiecutter.json does not ask {', '.join(missing)}, which copier.yml does:"
+            " regenerate it with `python scripts/cookiecutter_json.py`",
+            file=sys.stderr,
+        )
+        return 1
+    answers = {name: CONTEXT[name] for name in questions(config)}
     try:
         run_copy(
             template_source(),
@@ -99,7 +112,7 @@ def main() -> int:
     except ValueError as exc:  # copier's validators refuse the answer, saying what is allowed
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(next_steps(), file=sys.stderr)
+    print(next_steps(config), file=sys.stderr)
     return 0
 
 

@@ -1,7 +1,8 @@
 """The documentation's commands are runnable as written.
 
 Every `python -m personabff ...` line in a bash block must be a real command of a generated
-service, every `make TARGET` a real target, and the `copier copy` examples must render.
+service, every `make TARGET` a real target, and the `copier copy` examples must render. And every
+file of the product speaks of the product alone.
 """
 
 import re
@@ -14,6 +15,14 @@ import pytest
 
 from .helpers import ROOT, assert_ok, render, run
 
+# What a product file must not refer to: notes kept outside the product (its design of record is
+# docs/design.md), the article it grew from, or issues (the verb, "issues a command", is fine).
+ELSEWHERE = re.compile(
+    r"\b(?:DESIGN|KAFKA|STYLE)\.md\b"
+    r"|(?i:\bseed/|\bfrom the seed\b)"
+    r"|(?i:\bissues?\b(?!\s+(?:a|an|the|its|one|commands?|events?|requests?|replies)\b))"
+)
+ALLOWED = {"tests/test_docs.py"}  # this file, which names them to find them
 DOCS = sorted((ROOT / "docs").glob("*.md")) + [ROOT / "README.md"]
 PLACEHOLDER = "path/or/url/of/bff-template"
 
@@ -92,3 +101,31 @@ def test_the_site_loads_nothing_from_elsewhere(tmp_path: Path) -> None:
         tags = re.findall(r"<(?:script|link)\b[^>]*>", page.read_text())
         remote = [tag for tag in tags if re.search(r"""(src|href)=["']?(https?:)?//""", tag)]
         assert not remote, f"{page.relative_to(tmp_path)} loads {remote}"
+
+
+def _product_files() -> list[str]:
+    """Every file of the product: tracked, or new and not ignored."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return sorted({name for name in listed.stdout.split("\0") if name} - ALLOWED)
+
+
+def test_the_product_refers_to_nothing_outside_itself() -> None:
+    found = []
+    for name in _product_files():
+        path = ROOT / name
+        if path.is_symlink() or not path.is_file():  # deleted, or a link to elsewhere (.venv)
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:  # an image
+            continue
+        for number, line in enumerate(text.splitlines(), 1):
+            if ELSEWHERE.search(line):
+                found.append(f"{name}:{number}: {line.strip()}")
+    assert not found, "refers to something outside the product:\n" + "\n".join(found)

@@ -1,15 +1,29 @@
-"""Every copier question refuses a bad answer with a message saying what is allowed."""
+"""Every copier question refuses a bad answer with a message saying what is allowed.
 
+copier.yml is the one source of the questions: cookiecutter.json is made from it.
+"""
+
+import importlib.util
 import json
 import re
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import yaml
 
 from .helpers import ROOT
+
+
+def _script(name: str) -> ModuleType:
+    """A module of scripts/, which is not a package."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def copier_copy(dest: Path, *data: str) -> subprocess.CompletedProcess[str]:
@@ -98,3 +112,12 @@ def test_every_prompt_names_its_question_and_what_it_allows() -> None:
         if validator or "choices" in config[name]:
             keys = list(cookiecutter)
             assert keys[keys.index(name) + 1] == f"__{name}_checked"
+
+
+def test_cookiecutter_json_is_made_from_copier_yml() -> None:
+    script = _script("cookiecutter_json")
+    made = script.generate(yaml.safe_load((ROOT / "copier.yml").read_text()))
+    committed = (ROOT / "cookiecutter.json").read_text()
+    assert committed == made, (
+        f"cookiecutter.json is not what copier.yml makes: run `{script.COMMAND}` and commit it"
+    )

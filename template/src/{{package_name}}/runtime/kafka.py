@@ -214,7 +214,7 @@ async def missing_topics(settings: ServiceSettings, topics: list[str]) -> list[s
 
 
 def own_topics(settings: ServiceSettings) -> list[str]:
-    """The topics this service owns (DESIGN.md, "Topic conventions")."""
+    """The topics this service owns (README.md, "Topics")."""
     topics = [
         settings.events_topic,
         settings.commands_topic,
