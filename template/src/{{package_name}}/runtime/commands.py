@@ -32,7 +32,7 @@ from .events import CloudEvent, InvalidEventError, decode
 from .instruments import Instruments
 from .kafka import Record
 from .loop import consume_each
-from .projection import UnknownEventTypeError
+from .projection import C, UnknownEventTypeError, type_of
 from .readmodel import ReadModel
 from .settings import ServiceSettings
 
@@ -123,6 +123,11 @@ class OutgoingCommand(Generic[D]):
     ) -> "SentCommand":
         topic = self.topic(settings)
         return await bus.send(topic, self.command_type, key, data, correlation_id=correlation_id)
+
+
+def command(contract: type[C]) -> OutgoingCommand[C]:
+    """The command `contract` states, sent under its `TYPE` to UPSTREAM_COMMANDS_TOPIC."""
+    return OutgoingCommand(type_of(contract), contract)
 
 
 @dataclass(frozen=True)

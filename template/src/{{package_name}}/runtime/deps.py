@@ -1,17 +1,22 @@
 """FastAPI dependencies that hand routes what the running service owns.
 
 They are `async def` on purpose: FastAPI runs plain `def` dependencies in a thread pool, a hand-off
-that costs more than the Redis GET a query makes.
+that costs more than the Redis GET a query makes. Routes read through `Queries` (read-only); the
+read model itself, with its commits and version changes, stays with the machinery.
 """
 
-from typing import Annotated
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request
 
-from ..settings import Settings
 from .commands import CommandBus
-from .readmodel import ReadModel
+from .deprecation import deprecated
+from .readmodel import Queries, ReadModel
 from .service import Service
+from .settings import ServiceSettings
+
+SettingsT = TypeVar("SettingsT", bound=ServiceSettings)
 
 
 def _service(request: Request) -> Service:
@@ -23,10 +28,44 @@ async def get_service(request: Request) -> Service:
     return _service(request)
 
 
+def queries_of(request: Request) -> Queries:
+    """The read model's read-only view, for a hot query route that takes `request: Request`
+    instead of QueriesDep: FastAPI's dependency solving costs a route more CPU than the Redis read
+    it answers from."""
+    return _service(request).queries
+
+
+async def get_queries(request: Request) -> Queries:
+    return queries_of(request)
+
+
+async def get_commands(request: Request) -> CommandBus:
+    return _service(request).commands
+
+
+def settings_dependency(cls: type[SettingsT]) -> Callable[[Request], Awaitable[SettingsT]]:
+    """A dependency giving routes the running service's settings as `cls`, the service's own
+    Settings class (settings.py declares `SettingsDep` with it)."""
+
+    async def get_settings(request: Request) -> SettingsT:
+        settings = _service(request).settings
+        if not isinstance(settings, cls):
+            raise TypeError(f"create_app() was given {type(settings).__name__}, not {cls.__name__}")
+        return settings
+
+    return get_settings
+
+
+ServiceDep = Annotated[Service, Depends(get_service)]
+QueriesDep = Annotated[Queries, Depends(get_queries)]
+CommandsDep = Annotated[CommandBus, Depends(get_commands)]
+SettingsDep = Annotated[ServiceSettings, Depends(settings_dependency(ServiceSettings))]
+
+
+# Deprecated for one release: the whole read model, commits and drops included. Use QueriesDep and
+# queries_of(request).
 def readmodel_of(request: Request) -> ReadModel:
-    """The read model, for a hot query route that takes `request: Request` instead of
-    ReadModelDep: FastAPI's dependency solving costs a route about 50 us of CPU per request, more
-    than the Redis read it answers from (docs/benchmarks.md)."""
+    deprecated("readmodel_of(request) and ReadModelDep", "queries_of(request) and QueriesDep")
     return _service(request).readmodel
 
 
@@ -34,17 +73,4 @@ async def get_readmodel(request: Request) -> ReadModel:
     return readmodel_of(request)
 
 
-async def get_commands(request: Request) -> CommandBus:
-    return _service(request).commands
-
-
-async def get_settings(request: Request) -> Settings:
-    settings = _service(request).settings
-    assert isinstance(settings, Settings), "create_app() takes the service's own Settings"
-    return settings
-
-
-ServiceDep = Annotated[Service, Depends(get_service)]
 ReadModelDep = Annotated[ReadModel, Depends(get_readmodel)]
-CommandsDep = Annotated[CommandBus, Depends(get_commands)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -30,7 +30,7 @@ from .instruments import Instruments
 from .kafka import Record
 from .loop import consume_each
 from .projection import InvalidDataError, UnknownEventTypeError
-from .readmodel import ReadModel
+from .readmodel import Queries, ReadModel
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +71,9 @@ class Outcome:
 
 @dataclass(frozen=True)
 class HandlerContext:
-    """What a handler may read: the read model (its own view of the world)."""
+    """What a handler may read: the read model (its own view of the world), read-only."""
 
-    readmodel: ReadModel
+    readmodel: Queries
 
 
 class UndeclaredEventError(Exception):
@@ -141,6 +141,7 @@ class CommandWorker:
         self._instruments = instruments or Instruments()
         self._producer = producer
         self._readmodel = readmodel
+        self._queries = Queries(readmodel)  # what handlers see
         self._handlers = handlers
         self._source = source
         self._events_topic = events_topic
@@ -211,7 +212,7 @@ class CommandWorker:
             correlation_id=envelope.extensions.get("correlationid", envelope.id),
             data=data,
         )
-        context = HandlerContext(self._readmodel)
+        context = HandlerContext(self._queries)
         attempt = 1
         while True:
             try:

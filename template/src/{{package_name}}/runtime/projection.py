@@ -5,17 +5,54 @@ the collection and the key it updates. The key comes from the event, not necessa
 so events of one upstream can update another upstream's entities: joins happen in the cache.
 """
 
+import inspect
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Annotated, Any, Generic, Literal, TypeVar, Union, cast
+from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar, Union, cast, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 
+from .deprecation import deprecated
 from .events import OPTIONAL, REQUIRED, CloudEvent, InvalidEventError, binary_mode, decode
 
 S = TypeVar("S", bound=BaseModel)
 D = TypeVar("D", bound=BaseModel)
+
+
+class Contract(BaseModel):
+    """The data of an event or command as its contract states it. `TYPE` is the versioned type
+    string the contract travels under (`persona.created.v1`): declarations take it from here, so a
+    type string cannot disagree with its model."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    TYPE: ClassVar[str]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        declared = cls.__dict__.get("TYPE")
+        if declared is not None and not _VERSIONED_TYPE.match(declared):
+            raise TypeError(
+                f"{cls.__name__}.TYPE = {declared!r}: expected a versioned type such as"
+                " 'persona.created.v1' (lowercase words and dots, ending in .v<number>)"
+            )
+
+
+C = TypeVar("C", bound=Contract)
+_VERSIONED_TYPE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*\.v[0-9]+$")
+
+
+def type_of(contract: type[BaseModel]) -> str:
+    """The type string a contract declares; TypeError naming the class if it declares none."""
+    declared = getattr(contract, "TYPE", None)
+    if not isinstance(declared, str):
+        raise TypeError(
+            f"{contract.__name__} declares no TYPE: subclass Contract and set"
+            f" TYPE = '<entity>.<event>.v<n>'"
+        )
+    return declared
 
 
 class UnknownEventTypeError(InvalidEventError):
@@ -70,13 +107,56 @@ class Collection(Generic[S]):
 
 @dataclass(frozen=True)
 class Projection(Generic[D, S]):
-    """How one event type changes one collection."""
+    """How one event type changes one collection: made by `project()`."""
 
     event_type: str
     data: type[D]
     collection: Collection[S]
     key: Callable[[Event[D]], str]
     apply: Callable[[S | None, Event[D]], S | None]
+    _checked: bool = field(default=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self._checked:  # written out by hand, as before project() existed
+            deprecated("Projection(type, data, ...)", "project(apply, into=..., key=...)")
+
+
+def project(
+    apply: Callable[[S | None, Event[C]], S | None],
+    *,
+    into: Collection[S],
+    key: Callable[[Event[C]], str],
+) -> Projection[C, S]:
+    """The projection of `apply`, a pure function `(state | None, event) -> state | None`.
+
+    The event type and its data's contract come from `apply`'s annotation `event: Event[C]`, so
+    they cannot disagree with it; mypy checks that `into` holds what `apply` returns and that `key`
+    reads the same event.
+    """
+    data: type[C] = _event_contract(apply)
+    return Projection(type_of(data), data, into, key, apply, _checked=True)
+
+
+def _event_contract(apply: Callable[..., Any]) -> Any:
+    """The contract `C` of `apply`'s second parameter, annotated `Event[C]`."""
+    parameters = list(inspect.signature(apply).parameters)
+    hints = get_type_hints(apply) if len(parameters) == 2 else {}
+    metadata = getattr(hints.get(parameters[-1]), "__pydantic_generic_metadata__", None)
+    args: tuple[Any, ...] = metadata["args"] if metadata and metadata["origin"] is Event else ()
+    if len(args) == 1 and isinstance(args[0], type) and issubclass(args[0], Contract):
+        return args[0]
+    name = getattr(apply, "__qualname__", repr(apply))
+    raise TypeError(
+        f"{name}: a projection is `def f(state: S | None, event: Event[SomeContract])"
+        " -> S | None`, its event annotated with the Contract it reads"
+    )
+
+
+def upcast(
+    old: type[Contract], new: type[Contract], convert: Callable[[Mapping[str, Any]], dict[str, Any]]
+) -> "Upcaster":
+    """Events of `old`'s type are read as `new`'s, their data turned by `convert`."""
+    return Upcaster(type_of(old), type_of(new), convert, old)
 
 
 @dataclass(frozen=True)

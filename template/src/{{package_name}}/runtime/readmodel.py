@@ -538,3 +538,36 @@ def _cursor(after: str) -> tuple[int, str]:
         raise InvalidCursorError(f"not a cursor this service handed out: {after!r}")
     number = int(bucket) if len(bucket) < 6 else BUCKETS
     return min(number, BUCKETS), key  # past the last bucket: the end
+
+
+class Queries:
+    """The read model as routes and command handlers see it: reads only. Commits, drops and
+    version changes belong to the machinery; this view follows the live version as it moves."""
+
+    __slots__ = ("_readmodel",)
+
+    def __init__(self, readmodel: ReadModel) -> None:
+        self._readmodel = readmodel
+
+    async def get(self, collection: Collection[Any] | str, key: str) -> bytes | None:
+        """The stored JSON of one entity, or None."""
+        return await self._readmodel.get(_name(collection), key)
+
+    async def page(
+        self, collection: Collection[Any] | str, *, after: str | None, limit: int
+    ) -> tuple[list[bytes], str | None]:
+        """Up to `limit` entities' JSON after the cursor `after`, and the next page's cursor (None
+        at the end); a cursor must match CURSOR_PATTERN, else InvalidCursorError (a 422)."""
+        return await self._readmodel.page(_name(collection), after=after, limit=limit)
+
+    async def lookup(self, collection: Collection[Any], lookup: str, value: str) -> list[bytes]:
+        """The JSON of the entities whose `lookup` has `value`, in key order."""
+        return await self._readmodel.lookup(collection, lookup, value)
+
+    async def count(self, collection: Collection[Any] | str | None = None) -> int:
+        """How many entities `collection` (or every collection) holds."""
+        return await self._readmodel.count(None if collection is None else _name(collection))
+
+
+def _name(collection: Collection[Any] | str) -> str:
+    return collection if isinstance(collection, str) else collection.name

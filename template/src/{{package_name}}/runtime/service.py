@@ -27,7 +27,7 @@ from .kafka import new_consumer, new_producer, start_client
 from .progress import Progress
 from .projection import Registry
 from .projector import Projector
-from .readmodel import ReadModel, ReadModelLostError
+from .readmodel import Queries, ReadModel, ReadModelLostError
 from .redis import redis_client, tls_options
 from .settings import ServiceSettings
 
@@ -60,6 +60,10 @@ class Service:
     caught_up: bool = False  # once true, Kafka lag no longer takes this instance out of service
     recoveries: int = 0  # times the read model was found gone from Redis and bootstrapped again
     rebuild: dict[str, int] = field(default_factory=dict)  # a running rebuild's done/total
+    queries: Queries = field(init=False)  # the read-only view routes and handlers get
+
+    def __post_init__(self) -> None:
+        self.queries = Queries(self.readmodel)
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Whether to send this instance traffic, with the state of each component.
