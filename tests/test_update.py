@@ -260,3 +260,5 @@ def test_a_project_of_the_previous_release_updates_to_this_one(
     result = run(project, "pytest", "-p", "no:cacheprovider", "-q", "-x", env=services_env)
     assert_ok(result)
     assert " passed" in result.stdout and "skipped" not in result.stdout
+    # The forms the team wrote then still work, and say what replaces them.
+    assert "TemplateDeprecationWarning: Projection(type, data, ...) is deprecated" in result.stdout
