@@ -62,7 +62,7 @@ def project(tmp_path: Path, template: Path) -> Path:
     return dest
 
 
-def _edit_as_user(project: Path) -> dict[str, str]:
+def _edit_as_user(project: Path, reader: str = "QueriesDep") -> dict[str, str]:
     """What a team does after generating: its settings, contracts, projections, routes, README."""
     pkg = project / PKG
     _replace(
@@ -82,7 +82,7 @@ def _edit_as_user(project: Path) -> dict[str, str]:
     with (pkg / "api/personas.py").open("a") as routes:
         routes.write(
             '\n\n@router.get("/{persona_id}/exists")\n'
-            "async def persona_exists(persona_id: str, readmodel: ReadModelDep) -> bool:\n"
+            f"async def persona_exists(persona_id: str, readmodel: {reader}) -> bool:\n"
             "    return await readmodel.get(PERSONAS.name, persona_id) is not None\n"
         )
     with (pkg / "handlers/personas.py").open("a") as handlers:
@@ -248,7 +248,7 @@ def test_a_project_of_the_previous_release_updates_to_this_one(
     run_copy(str(template), str(project), defaults=True, quiet=True, vcs_ref="v99.0.0")
     git(project, "init", "-q", "-b", "main")
     _commit(project, "generated")
-    mine = _edit_as_user(project)
+    mine = _edit_as_user(project, reader="ReadModelDep")  # what that release's example imported
 
     advance_to_working_tree(template)
     _update(project)
