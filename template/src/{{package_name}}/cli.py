@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import MofNCompleteColumn, Progress, TransferSpeedColumn
 
+from . import api
 from . import contracts as contracts_package
 from .app import contracts_document, create_app
 from .projections import REGISTRY
@@ -53,10 +54,11 @@ async def _preflight(settings: Settings) -> None:
             f"missing Kafka topics of this service: {', '.join(missing)}"
             f" (create them with `python -m {__package__} create-topics`)"
         )
-    if missing := await missing_topics(settings, settings.upstream_topics):
+    if missing := await missing_topics(settings, upstream_topics(settings)):
         raise StartupError(
-            f"missing upstream topics (UPSTREAM_TOPICS): {', '.join(missing)}"
-            " (they belong to the upstream services: check the names, or create them there)"
+            f"missing upstream topics: {', '.join(missing)} (they belong to the upstream services:"
+            " check the names and UPSTREAM_PREFIXES, or create them there; locally:"
+            f" `python -m {__package__} create-topics --with-upstream`)"
         )
 
 
@@ -81,18 +83,27 @@ def serve(
     )
 
 
+def upstream_topics(settings: Settings) -> list[str]:
+    """The upstream topics this service uses: those it projects, and those its commands go to."""
+    sent = (command.topic(settings) for command in api.COMMANDS)
+    return list(dict.fromkeys([*REGISTRY.topics(settings), *sent]))
+
+
 @cli.command("create-topics")
 def create_topics_command(
     partitions: Annotated[int, typer.Option(min=1, help="Partitions of each new topic")] = 3,
     replication: Annotated[int, typer.Option(min=1, help="Replication factor")] = 1,
     with_upstream: Annotated[
         bool,
-        typer.Option(help="Also the upstream topics: for local set-ups, where nobody else does"),
+        typer.Option(
+            help="Also the upstream topics (events projected, commands sent): for local set-ups,"
+            " where nobody else creates them"
+        ),
     ] = False,
 ) -> None:
     """Create this service's own topics where they are missing (upstream topics are not ours)."""
     settings = load_settings()
-    topics = own_topics(settings) + (settings.upstream_topics if with_upstream else [])
+    topics = own_topics(settings) + (upstream_topics(settings) if with_upstream else [])
     created = _run_job(
         create_topics(settings, topics, partitions=partitions, replication=replication)
     )

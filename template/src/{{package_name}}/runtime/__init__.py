@@ -38,6 +38,7 @@ from .projection import (
 )
 from .readmodel import CURSOR_PATTERN, InvalidCursorError, Queries
 from .settings import ServiceSettings
+from .upstreams import Upstream
 
 __all__ = [
     "CURSOR_PATTERN",
@@ -65,6 +66,7 @@ __all__ = [
     "SettingsDep",
     "TemplateDeprecationWarning",
     "Upcaster",
+    "Upstream",
     "command",
     "project",
     "queries_of",

@@ -19,6 +19,7 @@ from .commands import REPLY_TYPE, OutgoingCommand, Reply
 from .handling import Handlers
 from .projection import Registry
 from .settings import ServiceSettings
+from .upstreams import upstream_of
 
 ASYNCAPI_VERSION = "3.0.0"
 SCHEMAS = "#/components/schemas/"
@@ -50,9 +51,13 @@ def document(
     declared = [*consumed, *((*fact, "") for h in handlers for fact in h.results.items())]
     for message in declared:
         doc.message(None, *message)
-    for topic in settings.upstream_topics:
+    for topic in registry.topics(settings):
         doc.channel(topic, "Upstream Fact Events this service projects into its read model.")
-        ids = [doc.message(topic, *message) for message in consumed]
+        ids = [
+            doc.message(topic, *message)
+            for message in consumed
+            if _travels_on(settings, topic, message[1])
+        ]
         doc.operation(f"project.{topic}", "receive", topic, ids, "Project into the read model.")
 
     doc.channel(
@@ -102,7 +107,8 @@ def document(
     )
     for outgoing in commands:
         topic = outgoing.topic(settings)
-        doc.channel(topic, f"Commands to another service ({outgoing.topic_setting.upper()}).")
+        to = outgoing.upstream.name if outgoing.upstream else outgoing.topic_setting.upper()
+        doc.channel(topic, f"Commands to another service ({to}).")
         sent = doc.message(topic, outgoing.command_type, outgoing.data, "")
         doc.operation(
             f"send.{outgoing.command_type}",
@@ -113,6 +119,14 @@ def document(
             reply=(settings.reply_topic, reply),
         )
     return doc.build(settings)
+
+
+def _travels_on(settings: ServiceSettings, topic: str, contract: type[BaseModel] | None) -> bool:
+    """Whether events of `contract` come on `topic`. Unknown for topics that UPSTREAM_TOPICS sets
+    and for types without a contract: those are shown on every upstream topic."""
+    if settings.upstream_topics or contract is None:
+        return True
+    return upstream_of(contract).events_topic(settings) == topic
 
 
 class _Document:

@@ -35,6 +35,7 @@ from .loop import consume_each
 from .projection import C, UnknownEventTypeError, type_of
 from .readmodel import ReadModel
 from .settings import ServiceSettings
+from .upstreams import Upstream, upstream_of
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +105,11 @@ class OutgoingCommand(Generic[D]):
     command_type: str
     data: type[D]
     topic_setting: str = "upstream_commands_topic"
+    upstream: Upstream | None = None  # where it goes; topic_setting names the topic otherwise
 
     def topic(self, settings: ServiceSettings) -> str:
+        if self.upstream is not None:
+            return self.upstream.commands_topic(settings)
         topic = getattr(settings, self.topic_setting, None)
         if not isinstance(topic, str):
             name = self.command_type
@@ -126,8 +130,9 @@ class OutgoingCommand(Generic[D]):
 
 
 def command(contract: type[C]) -> OutgoingCommand[C]:
-    """The command `contract` states, sent under its `TYPE` to UPSTREAM_COMMANDS_TOPIC."""
-    return OutgoingCommand(type_of(contract), contract)
+    """The command `contract` states, sent under its `TYPE` to the commands topic of the upstream
+    that accepts it (its `UPSTREAM`)."""
+    return OutgoingCommand(type_of(contract), contract, upstream=upstream_of(contract))
 
 
 @dataclass(frozen=True)

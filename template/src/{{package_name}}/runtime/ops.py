@@ -164,7 +164,7 @@ async def rebuild(
                 )
             tps = [
                 tp
-                for topic in settings.upstream_topics
+                for topic in registry.topics(settings)
                 for tp in await partitions_of(settings, topic)
             ]
             c.consumer.assign(tps)

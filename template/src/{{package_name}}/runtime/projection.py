@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 
 from .deprecation import deprecated
 from .events import OPTIONAL, REQUIRED, CloudEvent, InvalidEventError, binary_mode, decode
+from .settings import ServiceSettings
+from .upstreams import Upstream, events_topics
 
 S = TypeVar("S", bound=BaseModel)
 D = TypeVar("D", bound=BaseModel)
@@ -29,6 +31,9 @@ class Contract(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     TYPE: ClassVar[str]
+    # Who publishes the event (or accepts the command); None: the upstream the service was
+    # generated with (runtime.upstreams).
+    UPSTREAM: ClassVar[Upstream | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -240,6 +245,14 @@ class Registry:
 
     def projections(self) -> list[Projection[Any, Any]]:
         return [p for group in self._projections.values() for p in group]
+
+    def contracts(self) -> list[type[BaseModel] | None]:
+        """The contract of every event type read: projected, or upcast (None: undeclared)."""
+        return [p.data for p in self.projections()] + [u.data for u in self.upcasters()]
+
+    def topics(self, settings: ServiceSettings) -> list[str]:
+        """The upstream topics the projector consumes (runtime.upstreams)."""
+        return events_topics(settings, self.contracts())
 
     def upcasters(self) -> list[Upcaster]:
         return list(self._upcasters.values())

@@ -19,6 +19,7 @@ from .events import CloudEvent, InvalidEventError
 from .kafka import missing_topics, new_producer, start_client
 from .projection import Registry
 from .settings import ServiceSettings
+from .upstreams import upstream_of
 
 
 class RefusedError(ValueError):
@@ -113,24 +114,27 @@ def prepare(
                 f"cannot derive the Kafka key: {event_type} changes {keys or 'no entity'}; --key"
             )
         key = keys[0]
-    return Outgoing(_topic(settings, topic), key, replace(event, subject=key))
+    return Outgoing(_topic(settings, registry, model, topic), key, replace(event, subject=key))
 
 
-def _topic(settings: ServiceSettings, topic: str | None) -> str:
-    upstream = settings.upstream_topics
+def _topic(
+    settings: ServiceSettings, registry: Registry, model: type[BaseModel] | None, topic: str | None
+) -> str:
+    consumed = registry.topics(settings)
     if topic is not None:
-        if topic not in upstream:
+        if topic not in consumed:
             raise RefusedError(
-                f"--topic {topic} is not one of UPSTREAM_TOPICS ({', '.join(upstream) or 'none'}):"
-                " the service would not consume it"
+                f"--topic {topic} is not one the service consumes ({', '.join(consumed) or 'none'})"
             )
         return topic
-    if len(upstream) != 1:
+    if not settings.upstream_topics:  # the topics follow from the contracts' upstreams
+        return upstream_of(model).events_topic(settings)
+    if len(consumed) != 1:
         raise RefusedError(
-            f"UPSTREAM_TOPICS has {len(upstream)} topics ({', '.join(upstream) or 'none'}):"
+            f"UPSTREAM_TOPICS has {len(consumed)} topics ({', '.join(consumed) or 'none'}):"
             " say which with --topic"
         )
-    return upstream[0]
+    return consumed[0]
 
 
 async def send(settings: ServiceSettings, outgoing: Outgoing) -> Sent:

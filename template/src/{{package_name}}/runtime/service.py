@@ -173,7 +173,7 @@ async def running(
             return new_consumer(settings, group_id=settings.consumer_group + suffix)
 
         projector = None
-        if settings.upstream_topics:
+        if registry.topics(settings):
             consumer = group("")
             projector = Projector(
                 consumer,
@@ -237,7 +237,7 @@ async def _go_live(
         if projector is None:
             return
         if not subscribed:
-            projector.consumer.subscribe(settings.upstream_topics, listener=projector)
+            projector.consumer.subscribe(registry.topics(settings), listener=projector)
             await start_client(projector.consumer, settings)
             subscribed = True
         try:

@@ -1,0 +1,59 @@
+"""The upstream services this service composes, each declared once in user code.
+
+An `Upstream` is named as on its topics: `<company>.<namespace>.<name>.events` carries its Fact
+Events and `<company>.<namespace>.<name>.commands` takes its commands. A contract says whose it is
+with `UPSTREAM = ...`; a contract that says nothing belongs to the upstream the service was
+generated with. What the service consumes, checks at start-up, creates for local work and
+documents in /asyncapi.json follows from the contracts its projections and commands use.
+UPSTREAM_PREFIXES moves an upstream's topics in one environment (`orders=acme.staging.orders`).
+"""
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from .settings import COMPANY, NAMESPACE, UPSTREAM_SERVICE, ServiceSettings
+
+_NAME = re.compile(r"^[a-z][a-z0-9]*$")
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """An upstream service: its name, and its domain (`<company>.<namespace>`) if not ours."""
+
+    name: str
+    domain: str = f"{COMPANY}.{NAMESPACE}"
+
+    def __post_init__(self) -> None:
+        if not _NAME.match(self.name):
+            raise ValueError(
+                f"Upstream({self.name!r}): a name is lowercase letters and digits, as on its topics"
+            )
+
+    def prefix(self, settings: ServiceSettings) -> str:
+        return settings.upstream_prefixes.get(self.name) or f"{self.domain}.{self.name}"
+
+    def events_topic(self, settings: ServiceSettings) -> str:
+        return f"{self.prefix(settings)}.events"
+
+    def commands_topic(self, settings: ServiceSettings) -> str:
+        return f"{self.prefix(settings)}.commands"
+
+
+# Where a contract that names no upstream comes from: the one the service was generated with.
+GENERATED_WITH = Upstream(UPSTREAM_SERVICE)
+
+
+def upstream_of(contract: Any) -> Upstream:
+    """The upstream that publishes (or accepts) `contract`."""
+    declared = getattr(contract, "UPSTREAM", None)
+    return declared if isinstance(declared, Upstream) else GENERATED_WITH
+
+
+def events_topics(settings: ServiceSettings, contracts: Iterable[Any]) -> list[str]:
+    """The upstream topics to consume for `contracts`: UPSTREAM_TOPICS where an environment sets
+    it, else the events topic of each contract's upstream."""
+    if settings.upstream_topics:
+        return list(settings.upstream_topics)
+    return sorted({upstream_of(contract).events_topic(settings) for contract in contracts})
