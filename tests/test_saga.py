@@ -40,14 +40,13 @@ def services(tmp_path: Path, services_env: dict[str, str]) -> Iterator[tuple[Ser
         # The persona service keeps its own view of personas from its own Fact Events.
         "UPSTREAM_TOPICS": f"{prefix}.personaservice.events",
         # Its own rename route commands the BFF, whose example handler answers (fuzzing uses it).
-        "UPSTREAM_COMMANDS_TOPIC": f"{prefix}.personabff.commands",
+        "UPSTREAM_PREFIXES": f"personabff={prefix}.personabff",
     }
     bff_env = {
         **common,
         "TOPIC_PREFIX": f"{prefix}.personabff",
         "REDIS_KEY_PREFIX": f"{run_id}.personabff",
-        "UPSTREAM_TOPICS": f"{prefix}.personaservice.events",
-        "UPSTREAM_COMMANDS_TOPIC": f"{prefix}.personaservice.commands",
+        "UPSTREAM_PREFIXES": f"personaservice={prefix}.personaservice",
     }
     for project, package, env in (
         (upstream, "personaservice", upstream_env),

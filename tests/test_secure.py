@@ -89,14 +89,19 @@ def _kafka_env(kafka: SecureKafka, certs: Certificates, how: str) -> Env:
     }
 
 
+def _upstream(run_id: str) -> str:
+    """The prefix of this test's upstream topics."""
+    return f"{run_id}.arcadia.identity.personaservice"
+
+
 def _service_env(kafka: SecureKafka, run_id: str) -> Env:
-    """Topics and keys of this test's own; the upstream topic is created over PLAINTEXT."""
-    upstream = f"{run_id}.arcadia.identity.personaservice.events"
-    asyncio.run(personas.create_topic(kafka.bootstrap, upstream))
+    """Topics and keys of this test's own; the upstream topics are created over PLAINTEXT."""
+    for kind in ("events", "commands"):
+        asyncio.run(personas.create_topic(kafka.bootstrap, f"{_upstream(run_id)}.{kind}"))
     return {
         "TOPIC_PREFIX": f"{run_id}.arcadia.identity.personabff",
         "REDIS_KEY_PREFIX": run_id,
-        "UPSTREAM_TOPICS": upstream,
+        "UPSTREAM_PREFIXES": f"personaservice={_upstream(run_id)}",
     }
 
 
@@ -113,7 +118,7 @@ def test_service_projects_over_secure_connections(
     assert_ok(run(project, "personabff", "create-topics", env=env))
     created = {"persona_id": "p1", "name": "Ada", "email": "ada@example.com"}
     personas.publish(
-        kafka.bootstrap, env["UPSTREAM_TOPICS"], [("p1", "persona.created.v1", created)]
+        kafka.bootstrap, f"{_upstream(run_id)}.events", [("p1", "persona.created.v1", created)]
     )
     server = Served(project, "personabff", env)
     try:

@@ -2,14 +2,16 @@
 machinery that never reaches into user code."""
 
 import ast
+import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from .helpers import render, run
+from .helpers import ROOT, assert_ok, render, run
 
 # What the team owns once generated: it may import the machinery only as `..runtime`.
 USER_OWNED = ("settings.py", "contracts", "projections", "api", "handlers")
@@ -115,3 +117,61 @@ def test_a_declaration_reads_its_type_from_the_contract(tmp_path: Path) -> None:
         "[('persona.renamed.v1', 'persona.renamed.v2')]",
         "persona.rename.v1",
     ]
+
+
+def _recipe() -> dict[str, str]:
+    """docs/work.md's "Add an upstream": each python block opens with the file it is."""
+    section = (ROOT / "docs/work.md").read_text().split("\n## Add an upstream\n", 1)[1]
+    section = section.split("\n## ", 1)[0]
+    files = {}
+    for block in re.findall(r"```python\n(.*?)```", section, re.DOTALL):
+        path, _, code = block.partition("\n")
+        assert path.startswith("# "), f"a recipe block names its file first: {path!r}"
+        files[path.removeprefix("# ")] = code
+    return files
+
+
+@pytest.mark.services
+def test_the_add_an_upstream_recipe_works(tmp_path: Path, services_env: dict[str, str]) -> None:
+    project = render(tmp_path / "personabff")
+    for path, code in _recipe().items():
+        (project / path).write_text(code)
+    persona = project / "src/personabff/contracts/personas.py"
+    counter = "    renames: int = 0"
+    assert counter in persona.read_text()
+    persona.write_text(persona.read_text().replace(counter, f"    orders: int = 0\n{counter}"))
+
+    for check in (
+        ("ruff", "check", "--no-cache", "."),
+        ("ruff", "format", "--check", "."),
+        ("mypy",),
+    ):
+        assert_ok(run(project, *check))
+    contracts = run(project, "personabff", "contracts", "check")
+    assert_ok(contracts)
+    assert "compatible: order.placed.v1: new message" in contracts.stdout
+    document = run(project, "personabff", "contracts", "asyncapi")
+    assert_ok(document)
+    channels = {
+        channel["address"]: sorted(
+            ref["$ref"].rsplit("/", 1)[1] for ref in channel["messages"].values()
+        )
+        for channel in json.loads(document.stdout)["channels"].values()
+        if channel["address"] and channel["address"].endswith("service.events")
+    }
+    assert channels == {
+        "arcadia.identity.orderservice.events": [
+            "order.placed.v1",
+            "order.shipped.v1",
+            "order.shipped.v2",
+        ],
+        "arcadia.identity.personaservice.events": [
+            "persona.created.v1",
+            "persona.deleted.v1",
+            "persona.renamed.v1",
+            "persona.renamed.v2",
+        ],
+    }
+    suite = run(project, "pytest", "-p", "no:cacheprovider", "-q", "-x", env=services_env)
+    assert_ok(suite)
+    assert " passed" in suite.stdout and "skipped" not in suite.stdout

@@ -127,9 +127,10 @@ def _topic(
                 f"--topic {topic} is not one the service consumes ({', '.join(consumed) or 'none'})"
             )
         return topic
-    if not settings.upstream_topics:  # the topics follow from the contracts' upstreams
-        return upstream_of(model).events_topic(settings)
-    if len(consumed) != 1:
+    declared = upstream_of(model).events_topic(settings)
+    if declared in consumed or not settings.upstream_topics:
+        return declared
+    if len(consumed) != 1:  # UPSTREAM_TOPICS moved the topics: which one is not known
         raise RefusedError(
             f"UPSTREAM_TOPICS has {len(consumed)} topics ({', '.join(consumed) or 'none'}):"
             " say which with --topic"

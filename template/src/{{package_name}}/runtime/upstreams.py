@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from .deprecation import deprecated
 from .settings import COMPANY, NAMESPACE, UPSTREAM_SERVICE, ServiceSettings
 
 _NAME = re.compile(r"^[a-z][a-z0-9]*$")
@@ -38,6 +39,9 @@ class Upstream:
         return f"{self.prefix(settings)}.events"
 
     def commands_topic(self, settings: ServiceSettings) -> str:
+        if self == GENERATED_WITH and "upstream_commands_topic" in settings.model_fields_set:
+            deprecated("UPSTREAM_COMMANDS_TOPIC", f"UPSTREAM_PREFIXES={self.name}=<prefix>")
+            return settings.upstream_commands_topic
         return f"{self.prefix(settings)}.commands"
 
 
