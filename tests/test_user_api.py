@@ -140,6 +140,13 @@ def test_the_add_an_upstream_recipe_works(tmp_path: Path, services_env: dict[str
     counter = "    renames: int = 0"
     assert counter in persona.read_text()
     persona.write_text(persona.read_text().replace(counter, f"    orders: int = 0\n{counter}"))
+    example_tests = project / "tests/test_personas.py"
+    whole = '"renames": 1}'
+    assert whole in example_tests.read_text()
+    example_tests.write_text(example_tests.read_text().replace(whole, '"renames": 1, "orders": 0}'))
+    assert_ok(
+        run(project, "ruff", "format", "--no-cache", "tests")
+    )  # `make format`, as a user would
 
     for check in (
         ("ruff", "check", "--no-cache", "."),
