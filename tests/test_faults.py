@@ -59,16 +59,18 @@ def env(project: Path, kafka: OwnKafka, redis_server: OwnRedis) -> Env:
     """A service of this test's own: topics (upstream with 3 partitions) and Redis keys."""
     kafka.start()  # a no-op unless an earlier test left it down
     run_id = f"faults{uuid.uuid4().hex[:8]}"
-    upstream = f"{run_id}.arcadia.identity.personaservice.events"
+    upstream = f"{run_id}.arcadia.identity.personaservice"
     environment = {
         "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap,
         "REDIS_URL": redis_server.url,
         "TOPIC_PREFIX": f"{run_id}.arcadia.identity.personabff",
         "REDIS_KEY_PREFIX": run_id,
-        "UPSTREAM_TOPICS": upstream,
+        "UPSTREAM_PREFIXES": f"personaservice={upstream}",
+        "UPSTREAM_TOPICS": f"{upstream}.events",
         "LOG_LEVEL": "INFO",
     }
-    asyncio.run(personas.create_topic(kafka.bootstrap, upstream))
+    for kind in ("events", "commands"):
+        asyncio.run(personas.create_topic(kafka.bootstrap, f"{upstream}.{kind}"))
     assert_ok(run(project, "personabff", "create-topics", env=environment))
     return environment
 
