@@ -7,7 +7,7 @@ NEW_VENV ?= .cache/new-venv
 DEST ?=
 NEW_ARGS ?=
 
-.PHONY: help install services stop-services test faults test-fast new lint docs bench bench-full
+.PHONY: help install services stop-services test faults test-fast new lint docs bench bench-full wrk
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -46,11 +46,17 @@ docs: install  ## Build the documentation site (strict: broken links fail) into 
 	$(VENV)/bin/mkdocs build --strict --quiet --site-dir $(VENV)/site
 	@echo "docs: open $(abspath $(VENV))/site/index.html"
 
-bench: install services  ## Benchmarks, quick mode (a few minutes): ratios, plot, docs/benchmarks.md
+bench: install services wrk  ## Benchmarks, quick mode (a few minutes): ratios, plot, docs/benchmarks.md
 	. <(scripts/services.sh env) && $(PY) bench/run.py --quick
 
-bench-full: install services  ## Benchmarks with larger runs
+bench-full: install services wrk  ## Benchmarks with larger runs
 	. <(scripts/services.sh env) && $(PY) bench/run.py
+
+wrk:  ## The HTTP load generator the query benchmark drives (Debian's wrk), installed if missing
+	@command -v wrk >/dev/null || { echo "wrk: installing it with apt-get..."; \
+		$(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq wrk || \
+		{ $(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq && \
+		  $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq wrk; }; }
 
 new: $(NEW_VENV)/.installed  ## Scaffold a service, asking each question, into DEST (default ../<service_name>)
 	$(NEW_VENV)/bin/python scripts/new.py $(DEST) $(NEW_ARGS)
