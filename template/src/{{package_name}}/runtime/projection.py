@@ -246,13 +246,18 @@ class Registry:
     def projections(self) -> list[Projection[Any, Any]]:
         return [p for group in self._projections.values() for p in group]
 
-    def contracts(self) -> list[type[BaseModel] | None]:
-        """The contract of every event type read: projected, or upcast (None: undeclared)."""
-        return [p.data for p in self.projections()] + [u.data for u in self.upcasters()]
+    def contracts(self) -> dict[str, type[BaseModel] | None]:
+        """Every event type read, projected or upcast, with its data's contract (None: an upcast
+        type whose older model is not declared), in type order."""
+        declared: dict[str, type[BaseModel] | None] = {
+            p.event_type: p.data for p in self.projections()
+        }
+        declared.update((u.from_type, u.data) for u in self.upcasters())
+        return dict(sorted(declared.items()))
 
     def topics(self, settings: ServiceSettings) -> list[str]:
         """The upstream topics the projector consumes (runtime.upstreams)."""
-        return events_topics(settings, self.contracts())
+        return events_topics(settings, self.contracts().values())
 
     def upcasters(self) -> list[Upcaster]:
         return list(self._upcasters.values())

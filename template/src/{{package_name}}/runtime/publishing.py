@@ -42,16 +42,6 @@ class Sent:
     event: CloudEvent
 
 
-def contracts(registry: Registry) -> dict[str, type[BaseModel] | None]:
-    """The event types the registry declares, each with its data's contract (None: an upcast
-    type whose older model is not declared)."""
-    declared: dict[str, type[BaseModel] | None] = {
-        p.event_type: p.data for p in registry.projections()
-    }
-    declared.update((u.from_type, u.data) for u in registry.upcasters())
-    return dict(sorted(declared.items()))
-
-
 def sample(model: type[BaseModel]) -> dict[str, Any]:
     """A valid instance of `model`, as JSON data."""
     factory = ModelFactory.create_factory(model, __use_examples__=True, __use_defaults__=True)
@@ -69,7 +59,7 @@ def prepare(
     topic: str | None = None,
 ) -> Outgoing:
     """The event to send, checked as the projector will check it; raises RefusedError."""
-    declared = contracts(registry)
+    declared = registry.contracts()
     if not declared:
         raise RefusedError(
             "this service declares no event types: add projections (and upcasters) to REGISTRY"
