@@ -15,7 +15,8 @@ import yaml
 from cookiecutter.exceptions import FailedHookException
 from jinja2 import Environment
 from jinja2.ext import Extension
-from jinja2.sandbox import SandboxedEnvironment
+
+from hooks.copier_yml import jinja, load
 
 
 def template_dir() -> Path:
@@ -37,10 +38,7 @@ def refusal(config: dict[str, Any], name: str, answers: dict[str, Any]) -> str:
     validator = question.get("validator")
     if not validator:
         return ""
-    env = SandboxedEnvironment(
-        extensions=["jinja2_ansible_filters.AnsibleCoreFiltersExtension"],
-        **config.get("_envops", {}),
-    )
+    env = jinja(config)
     context = {
         key: yaml.safe_load(spec["default"]) if spec.get("type") == "yaml" else spec["default"]
         for key, spec in config.items()
@@ -53,7 +51,7 @@ def refusal(config: dict[str, Any], name: str, answers: dict[str, Any]) -> str:
 def check_answer(answers: dict[str, Any], name: str) -> str:
     """Empty if copier.yml allows `answers[name]`; otherwise stop cookiecutter with its message."""
     folder = template_dir()
-    config = yaml.safe_load((folder / "copier.yml").read_text(encoding="utf-8"))
+    config = load(folder)
     message = refusal(config, name, dict(answers))
     if message:
         from hooks.pre_prompt import discard_temporary_copy

@@ -10,7 +10,10 @@ import json
 import os
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
+
+from jinja2 import Environment
 
 CONTEXT = json.loads(r"""{{ cookiecutter | jsonify }}""")
 REMOTE_PREFIXES = ("gh:", "gl:", "git@", "git+", "https://", "http://", "ssh://")
@@ -50,34 +53,21 @@ def _same_template(candidate: Path, copy: Path) -> bool:
         return False
 
 
-def copier_config() -> dict[str, Any]:
-    """The template's copier.yml (in the copy cookiecutter made), read with the yaml copier brings."""
-    import yaml
+def load_copier_yml() -> ModuleType:
+    """hooks/copier_yml.py, from the copy of the template cookiecutter made (this hook runs from a
+    file of its own, so the template is not on the path)."""
+    sys.path.insert(0, str(CONTEXT["_repo_dir"]))
+    import hooks.copier_yml
 
-    return yaml.safe_load((Path(CONTEXT["_repo_dir"]) / "copier.yml").read_text(encoding="utf-8"))
-
-
-def questions(config: dict[str, Any]) -> list[str]:
-    """The questions copier.yml asks, which cookiecutter.json asks too (it is made from them)."""
-    return [
-        name
-        for name, spec in config.items()
-        if not name.startswith("_") and isinstance(spec, dict) and spec.get("when") is not False
-    ]
+    return hooks.copier_yml
 
 
-def next_steps(config: dict[str, Any]) -> str:
+def next_steps(config: dict[str, Any], env: Environment) -> str:
     """copier.yml's `_message_after_copy`, for the folder cookiecutter made, as the user would cd."""
-    from jinja2.sandbox import SandboxedEnvironment
-
     folder = Path.cwd()
     start = Path(os.environ.get("PWD") or CONTEXT["_output_dir"]).resolve()
     if folder.is_relative_to(start):
         folder = folder.relative_to(start)
-    env = SandboxedEnvironment(
-        extensions=["jinja2_ansible_filters.AnsibleCoreFiltersExtension"],
-        **config.get("_envops", {}),
-    )
     message = config.get("_message_after_copy", "")
     return env.from_string(message).render(_copier_conf={"dst_path": folder})
 
@@ -89,8 +79,10 @@ def main() -> int:
         print("error: this template renders with copier: `pip install copier`", file=sys.stderr)
         return 1
     Path("COOKIECUTTER_STUB").unlink(missing_ok=True)
-    config = copier_config()
-    missing = [name for name in questions(config) if name not in CONTEXT]
+    copier_yml = load_copier_yml()
+    config = copier_yml.load(Path(CONTEXT["_repo_dir"]))
+    questions = copier_yml.asked(config)
+    missing = [name for name in questions if name not in CONTEXT]
     if missing:
         print(
             f"error: cookiecutter.json does not ask {', '.join(missing)}, which copier.yml does:"
@@ -98,7 +90,7 @@ def main() -> int:
             file=sys.stderr,
         )
         return 1
-    answers = {name: CONTEXT[name] for name in questions(config)}
+    answers = {name: CONTEXT[name] for name in questions}
     try:
         run_copy(
             template_source(),
@@ -112,7 +104,7 @@ def main() -> int:
     except ValueError as exc:  # copier's validators refuse the answer, saying what is allowed
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(next_steps(config), file=sys.stderr)
+    print(next_steps(config, copier_yml.jinja(config)), file=sys.stderr)
     return 0
 
 

@@ -18,25 +18,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 ROOT = Path(__file__).resolve().parents[1]
-COPIER = ROOT / "copier.yml"
+sys.path.insert(0, str(ROOT))  # for hooks/, which the cookiecutter door reads copier.yml with
+from hooks.copier_yml import asked, load
+
 COOKIECUTTER = ROOT / "cookiecutter.json"
 COMMAND = ".venv/bin/python scripts/cookiecutter_json.py"
 EXTENSION = "hooks.check_answers.CopierValidators"
 # Continuation lines of a prompt, indented under cookiecutter's "  [1/8] " counter.
 INDENT = " " * 8
 JINJA = re.compile(r"\{\{.*?\}\}|\{%.*?%\}", re.DOTALL)
-
-
-def asked(config: dict[str, Any]) -> list[str]:
-    """The questions copier.yml asks, in its order."""
-    return [
-        name
-        for name, spec in config.items()
-        if not name.startswith("_") and isinstance(spec, dict) and spec.get("when") is not False
-    ]
 
 
 def _for_cookiecutter(text: str, names: list[str]) -> str:
@@ -91,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="exit 1 if cookiecutter.json differs")
     args = parser.parse_args(argv)
-    text = generate(yaml.safe_load(COPIER.read_text(encoding="utf-8")))
+    text = generate(load(ROOT))
     if args.check:
         if COOKIECUTTER.read_text(encoding="utf-8") != text:
             print(
