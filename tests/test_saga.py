@@ -1,8 +1,9 @@
 """Two services generated from the template talk through Kafka: a BFF and the upstream it commands.
 
 `personabff` projects the persona service's Fact Events and sends it `persona.rename.v1`;
-`personaservice` (the same template, another name) handles the command, publishes
-`persona.renamed.v2` and replies. Both run as real processes against the real Kafka and Redis.
+`personaservice` (the same template, another name, with a rename handler its team added) handles
+the command, publishes `persona.renamed.v2` and replies. Both run as real processes against the
+real Kafka and Redis.
 """
 
 import asyncio
@@ -24,6 +25,29 @@ from .served import Served, until
 pytestmark = pytest.mark.services
 
 
+# What the persona service's team adds to its service: the handler of the renames it owns.
+RENAME_HANDLER = '''"""Renames: this service owns personas, so it handles their renames."""
+
+from ..contracts.personas import PersonaRenamed, RenamePersona
+from ..projections.personas import PERSONAS
+from ..runtime import Command, CommandRejected, HandlerContext, Outcome, fact, handle
+
+
+async def rename(command: Command[RenamePersona], context: HandlerContext) -> Outcome:
+    persona_id = command.data.persona_id
+    if await context.readmodel.get(PERSONAS, persona_id) is None:
+        raise CommandRejected(f"persona {persona_id!r} does not exist")
+    renamed = PersonaRenamed(persona_id=persona_id, display_name=command.data.name)
+    return Outcome(
+        result={"persona_id": persona_id, "name": command.data.name},
+        events=[fact(persona_id, renamed)],
+    )
+
+
+HANDLERS = [handle(rename, events=[PersonaRenamed])]
+'''
+
+
 @pytest.fixture
 def services(tmp_path: Path, services_env: dict[str, str]) -> Iterator[tuple[Served, Served]]:
     run_id = f"saga{uuid.uuid4().hex[:8]}"
@@ -32,6 +56,14 @@ def services(tmp_path: Path, services_env: dict[str, str]) -> Iterator[tuple[Ser
     upstream = render(
         tmp_path / "personaservice", service_name="personaservice", upstream_service="personabff"
     )
+    handlers = upstream / "src/personaservice/handlers"
+    (handlers / "renames.py").write_text(RENAME_HANDLER)
+    init = handlers / "__init__.py"
+    init.write_text(
+        init.read_text()
+        .replace("from . import personas", "from . import personas, renames")
+        .replace("Handlers(personas.HANDLERS)", "Handlers([*personas.HANDLERS, *renames.HANDLERS])")
+    )
     common = {**services_env, "KAFKA_STARTUP_TIMEOUT_S": "30"}
     upstream_env = {
         **common,
@@ -39,7 +71,7 @@ def services(tmp_path: Path, services_env: dict[str, str]) -> Iterator[tuple[Ser
         "REDIS_KEY_PREFIX": f"{run_id}.personaservice",
         # The persona service keeps its own view of personas from its own Fact Events.
         "UPSTREAM_TOPICS": f"{prefix}.personaservice.events",
-        # Its own rename route commands the BFF, whose example handler answers (fuzzing uses it).
+        # Its own rename route commands the BFF, which refuses: renames are not the BFF's.
         "UPSTREAM_PREFIXES": f"personabff={prefix}.personabff",
     }
     bff_env = {

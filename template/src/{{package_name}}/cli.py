@@ -84,9 +84,11 @@ def serve(
 
 
 def upstream_topics(settings: Settings) -> list[str]:
-    """The upstream topics this service uses: those it projects, and those its commands go to."""
+    """The upstream topics this service uses: those it projects, and those its commands go to (its
+    own topics aside, where it projects its own Fact Events or commands itself)."""
     sent = (command.topic(settings) for command in api.COMMANDS)
-    return list(dict.fromkeys([*REGISTRY.topics(settings), *sent]))
+    own = set(own_topics(settings))
+    return [t for t in dict.fromkeys([*REGISTRY.topics(settings), *sent]) if t not in own]
 
 
 @cli.command("create-topics")

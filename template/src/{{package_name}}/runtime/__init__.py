@@ -13,7 +13,6 @@ from .deps import (
     QueriesDep,
     ServiceDep,
     SettingsDep,
-    queries_of,
     settings_dependency,
 )
 from .handling import (
@@ -24,6 +23,8 @@ from .handling import (
     HandlerContext,
     Handlers,
     Outcome,
+    fact,
+    handle,
 )
 from .projection import (
     Collection,
@@ -36,17 +37,22 @@ from .projection import (
     type_of,
     upcast,
 )
-from .readmodel import CURSOR_PATTERN, InvalidCursorError, Queries
+from .readmodel import CURSOR_PATTERN, InvalidCursorError, Page, Queries, StoredPage
 from .settings import ServiceSettings
-from .upstreams import Upstream
+from .status import COMMAND_RESPONSES, Accepted, CommandWait, command_response
+from .upstreams import THIS_SERVICE, Upstream
 
 __all__ = [
+    "COMMAND_RESPONSES",
     "CURSOR_PATTERN",
+    "THIS_SERVICE",
+    "Accepted",
     "Collection",
     "Command",
     "CommandHandler",
     "CommandRejected",
     "CommandStatus",
+    "CommandWait",
     "CommandsDep",
     "Contract",
     "Event",
@@ -56,6 +62,7 @@ __all__ = [
     "InvalidCursorError",
     "Outcome",
     "OutgoingCommand",
+    "Page",
     "Projection",
     "Queries",
     "QueriesDep",
@@ -64,12 +71,15 @@ __all__ = [
     "ServiceDep",
     "ServiceSettings",
     "SettingsDep",
+    "StoredPage",
     "TemplateDeprecationWarning",
     "Upcaster",
     "Upstream",
     "command",
+    "command_response",
+    "fact",
+    "handle",
     "project",
-    "queries_of",
     "settings_dependency",
     "type_of",
     "upcast",

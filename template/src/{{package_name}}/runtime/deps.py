@@ -28,15 +28,8 @@ async def get_service(request: Request) -> Service:
     return _service(request)
 
 
-def queries_of(request: Request) -> Queries:
-    """The read model's read-only view, for a hot query route that takes `request: Request`
-    instead of QueriesDep: FastAPI's dependency solving costs a route more CPU than the Redis read
-    it answers from."""
-    return _service(request).queries
-
-
 async def get_queries(request: Request) -> Queries:
-    return queries_of(request)
+    return _service(request).queries
 
 
 async def get_commands(request: Request) -> CommandBus:
@@ -62,10 +55,9 @@ CommandsDep = Annotated[CommandBus, Depends(get_commands)]
 SettingsDep = Annotated[ServiceSettings, Depends(settings_dependency(ServiceSettings))]
 
 
-# Deprecated for one release: the whole read model, commits and drops included. Use QueriesDep and
-# queries_of(request).
+# Deprecated for one release: the whole read model, commits and drops included. Use QueriesDep.
 def readmodel_of(request: Request) -> ReadModel:
-    deprecated("readmodel_of(request) and ReadModelDep", "queries_of(request) and QueriesDep")
+    deprecated("readmodel_of(request) and ReadModelDep", "QueriesDep")
     return _service(request).readmodel
 
 

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, get_args, get_origin, get_type_hints
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from pydantic import BaseModel, ValidationError
@@ -29,7 +29,7 @@ from .events import CloudEvent, InvalidEventError, decode
 from .instruments import Instruments
 from .kafka import Record
 from .loop import consume_each
-from .projection import InvalidDataError, UnknownEventTypeError
+from .projection import Contract, InvalidDataError, UnknownEventTypeError, type_of
 from .readmodel import Queries, ReadModel
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,11 @@ class FactEvent:
     type: str
     key: str
     data: BaseModel
+
+
+def fact(key: str, data: Contract) -> FactEvent:
+    """A Fact Event of `data`'s contract (its TYPE), about the entity `key`."""
+    return FactEvent(type_of(type(data)), key, data)
 
 
 @dataclass
@@ -105,6 +110,44 @@ class CommandHandler(Generic[D]):
                         f"{self.command_type} handler published {fact.type}"
                         f" ({type(fact.data).__name__}), not declared in its `{kind}`"
                     )
+
+
+Handle = Callable[[Command[D], HandlerContext], Awaitable[Outcome]]
+
+
+def handle(
+    function: Handle[D],
+    *,
+    events: Iterable[type[Contract]] = (),
+    results: Iterable[type[Contract]] = (),
+) -> CommandHandler[D]:
+    """The handler of `function`, `async def f(command: Command[SomeContract], context) -> Outcome`.
+
+    The command type and its contract come from the annotation `command: Command[C]`; `events`
+    (and `results`, with pipeline results) are the contracts of what it may publish.
+    """
+    contract: type[D] = _command_contract(function)
+    return CommandHandler(
+        type_of(contract),
+        contract,
+        function,
+        events={type_of(model): model for model in events},
+        results={type_of(model): model for model in results},
+    )
+
+
+def _command_contract(function: Callable[..., Any]) -> Any:
+    """The contract `C` of `function`'s first parameter, annotated `Command[C]`."""
+    hints = get_type_hints(function)
+    first = next(iter(hints.values()), None)
+    args = get_args(first) if get_origin(first) is Command else ()
+    if len(args) == 1 and isinstance(args[0], type) and issubclass(args[0], Contract):
+        return args[0]
+    name = getattr(function, "__qualname__", repr(function))
+    raise TypeError(
+        f"{name}: a handler is `async def f(command: Command[SomeContract], context:"
+        " HandlerContext) -> Outcome`, its command annotated with the Contract it handles"
+    )
 
 
 class Handlers:

@@ -35,15 +35,17 @@ import zlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
-from typing import Any, NamedTuple, cast
+from typing import Any, Generic, NamedTuple, TypeVar, cast
 
 import orjson
 from aiokafka import TopicPartition
+from pydantic import BaseModel
 from redis.asyncio import Redis
 
 from .projection import Collection
 
 EntityRef = tuple[str, str]  # (collection, key)
+M = TypeVar("M", bound=BaseModel)
 
 # Fixed for a layout: 1024 buckets of up to 512 entities keep 500k entities per collection compact;
 # beyond that the buckets become hash tables: still correct, less compact.
@@ -540,6 +542,27 @@ def _cursor(after: str) -> tuple[int, str]:
     return min(number, BUCKETS), key  # past the last bucket: the end
 
 
+class StoredPage(NamedTuple):
+    """A page of entities as stored (their JSON) and the next page's cursor (None at the end)."""
+
+    items: list[bytes]
+    next_cursor: str | None
+
+    def json(self) -> bytes:
+        """The page as a `Page` of its collection's model, without decoding the entities."""
+        return b'{"items":[%b],"next_cursor":%b}' % (
+            b",".join(self.items),
+            orjson.dumps(self.next_cursor),
+        )
+
+
+class Page(BaseModel, Generic[M]):
+    """What a route answering `StoredPage.json()` declares: `response_model=Page[Persona]`."""
+
+    items: list[M]
+    next_cursor: str | None
+
+
 class Queries:
     """The read model as routes and command handlers see it: reads only. Commits, drops and
     version changes belong to the machinery; this view follows the live version as it moves."""
@@ -555,10 +578,11 @@ class Queries:
 
     async def page(
         self, collection: Collection[Any] | str, *, after: str | None, limit: int
-    ) -> tuple[list[bytes], str | None]:
+    ) -> StoredPage:
         """Up to `limit` entities' JSON after the cursor `after`, and the next page's cursor (None
         at the end); a cursor must match CURSOR_PATTERN, else InvalidCursorError (a 422)."""
-        return await self._readmodel.page(_name(collection), after=after, limit=limit)
+        items, next_cursor = await self._readmodel.page(_name(collection), after=after, limit=limit)
+        return StoredPage(items, next_cursor)
 
     async def lookup(self, collection: Collection[Any], lookup: str, value: str) -> list[bytes]:
         """The JSON of the entities whose `lookup` has `value`, in key order."""

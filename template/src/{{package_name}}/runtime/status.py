@@ -1,11 +1,45 @@
-"""`GET /commands/{command_id}`: the status of a command this service sent, from any instance."""
+"""Commands over HTTP: `GET /commands/{command_id}`, the status of a command this service sent, from
+any instance; and the answer of a route that sends one (`command_response`)."""
 
-from fastapi import APIRouter, HTTPException
+from typing import Annotated, Any, Literal
 
-from .commands import CommandStatus
+from fastapi import APIRouter, HTTPException, Query, Response
+from pydantic import BaseModel
+
+from .commands import CommandBus, CommandStatus, SentCommand
 from .deps import ServiceDep
 
 router = APIRouter(prefix="/commands", tags=["commands"])
+
+# A route's `wait` query parameter: how long its answer may wait for the command's reply.
+CommandWait = Annotated[
+    float | None, Query(gt=0, le=10, description="Seconds to wait for the reply")
+]
+
+
+class Accepted(BaseModel):
+    """A command sent and not replied to yet: follow it at `status_url`."""
+
+    command_id: str
+    status: Literal["pending"] = "pending"
+    status_url: str
+
+
+# The answers of a route that sends a command: declare them with
+# `@router.post(..., status_code=202, response_model=Accepted, responses=COMMAND_RESPONSES)`.
+COMMAND_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": CommandStatus, "description": "The reply, when it came within `wait`"},
+}
+
+
+async def command_response(commands: CommandBus, sent: SentCommand, wait: float | None) -> Response:
+    """200 with the command's status once it is replied to within `wait` seconds; else 202 with
+    where to follow it."""
+    status = None if wait is None else await commands.wait(sent.command_id, wait)
+    if status is None or status.status == "pending":
+        accepted = Accepted(command_id=sent.command_id, status_url=f"/commands/{sent.command_id}")
+        return Response(accepted.model_dump_json(), status_code=202, media_type="application/json")
+    return Response(status.model_dump_json(), media_type="application/json")
 
 
 @router.get("/{command_id}", responses={404: {"description": "No such command (or expired)"}})

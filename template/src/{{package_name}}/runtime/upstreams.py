@@ -2,9 +2,10 @@
 
 An `Upstream` is named as on its topics: `<company>.<namespace>.<name>.events` carries its Fact
 Events and `<company>.<namespace>.<name>.commands` takes its commands. A contract says whose it is
-with `UPSTREAM = ...`; a contract that says nothing belongs to the upstream the service was
-generated with. What the service consumes, checks at start-up, creates for local work and
-documents in /asyncapi.json follows from the contracts its projections and commands use.
+with `UPSTREAM = ...` (`THIS_SERVICE` for the service's own commands and Fact Events); a contract
+that says nothing belongs to the upstream the service was generated with. What the service
+consumes, checks at start-up, creates for local work and documents in /asyncapi.json follows from
+the contracts its projections and commands use.
 UPSTREAM_PREFIXES moves an upstream's topics in one environment (`orders=acme.staging.orders`).
 """
 
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .deprecation import deprecated
-from .settings import COMPANY, NAMESPACE, UPSTREAM_SERVICE, ServiceSettings
+from .settings import COMPANY, NAMESPACE, SERVICE_NAME, UPSTREAM_SERVICE, ServiceSettings
 
 _NAME = re.compile(r"^[a-z][a-z0-9]*$")
 
@@ -44,6 +45,21 @@ class Upstream:
             return settings.upstream_commands_topic
         return f"{self.prefix(settings)}.commands"
 
+
+@dataclass(frozen=True)
+class _ThisService(Upstream):
+    """This service as the owner of its own contracts: its topics are those its settings name."""
+
+    def events_topic(self, settings: ServiceSettings) -> str:
+        return settings.events_topic
+
+    def commands_topic(self, settings: ServiceSettings) -> str:
+        return settings.commands_topic
+
+
+# The owner of this service's own commands and Fact Events: `UPSTREAM = THIS_SERVICE` sends such a
+# command to this service's `.commands` topic, and projects such events from its `.events` topic.
+THIS_SERVICE: Upstream = _ThisService(SERVICE_NAME)
 
 # Where a contract that names no upstream comes from: the one the service was generated with.
 GENERATED_WITH = Upstream(UPSTREAM_SERVICE)
