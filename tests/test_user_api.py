@@ -102,6 +102,8 @@ def test_a_declaration_reads_its_type_from_the_contract(tmp_path: Path) -> None:
         "print([(u.from_type, u.to_type) for u in REGISTRY.upcasters()])\n"
         "from personabff.api.personas import RENAME_PERSONA\n"
         "print(RENAME_PERSONA.command_type)\n"
+        "from personabff.handlers import HANDLERS\n"
+        "print([(h.command_type, sorted(h.events)) for h in HANDLERS])\n"
     )
     found = subprocess.run(
         [sys.executable, "-W", "error", "-c", script],
@@ -113,9 +115,10 @@ def test_a_declaration_reads_its_type_from_the_contract(tmp_path: Path) -> None:
     )
     assert found.returncode == 0, found.stderr  # no warning either: nothing deprecated is used
     assert found.stdout.splitlines() == [
-        "['persona.created.v1', 'persona.deleted.v1', 'persona.renamed.v2']",
+        "['persona.created.v1', 'persona.deleted.v1', 'persona.pinned.v1', 'persona.renamed.v2']",
         "[('persona.renamed.v1', 'persona.renamed.v2')]",
         "persona.rename.v1",
+        "[('persona.pin.v1', ['persona.pinned.v1'])]",
     ]
 
 
@@ -141,9 +144,11 @@ def test_the_add_an_upstream_recipe_works(tmp_path: Path, services_env: dict[str
     assert counter in persona.read_text()
     persona.write_text(persona.read_text().replace(counter, f"    orders: int = 0\n{counter}"))
     example_tests = project / "tests/test_personas.py"
-    whole = '"renames": 1}'
+    whole = '"pinned": False}'
     assert whole in example_tests.read_text()
-    example_tests.write_text(example_tests.read_text().replace(whole, '"renames": 1, "orders": 0}'))
+    example_tests.write_text(
+        example_tests.read_text().replace(whole, '"pinned": False, "orders": 0}')
+    )
     assert_ok(
         run(project, "ruff", "format", "--no-cache", "tests")
     )  # `make format`, as a user would
