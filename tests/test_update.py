@@ -139,6 +139,11 @@ def test_update_keeps_user_code_and_brings_template_changes(
             "command_status, health, metrics, service",
         )
         _replace(t / TEMPLATE_PKG / "app.py", "(status.router)", "(command_status.router)")
+        public = t / TEMPLATE_PKG / "runtime/__init__.py"
+        [status] = [line for line in public.read_text().splitlines() if "from .status " in line]
+        moved = status.replace("from .status ", "from .command_status ")
+        _replace(public, f"{status}\n", "")
+        _replace(public, "from .commands ", f"{moved}\nfrom .commands ")
         # Templates of files the user owns change too: the user's copies must not.
         with (t / "template/README.md.jinja").open("a") as readme:
             readme.write("\nA paragraph added in v99.1.0.\n")
