@@ -46,6 +46,8 @@ def test_user_code_imports_the_machinery_from_its_public_api_only(
         for name in USER_OWNED
         for path in ([package / name] if name.endswith(".py") else (package / name).rglob("*.py"))
     ]
+    tests = services[variant] / "tests"  # the user's tests: the example's and the fixtures file
+    files += [tests / "fixtures.py", *tests.glob("test_personas.py")]
     assert files
     reaching_in = [
         f"{path.relative_to(package)}: from {'.' * level}{module}"
