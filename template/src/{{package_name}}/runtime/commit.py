@@ -1,13 +1,13 @@
 """Batch commits: a batch's entities read, and its writes committed with the consumer positions.
 
-A batch is committed by one script that checks, then writes: the version pointer, the positions it
-started from and the entities it read must be as they were, else it writes nothing. So a consumer
-that lost its partitions in a rebalance (its positions moved on), or whose version was swapped out
-by a rebuild, is told `moved`; one whose entity another consumer wrote meanwhile (joins) is told
-`changed`, and folds again. The script is the one place these guards are checked: nothing is
-checked before it, since anything checked before could change before it runs. (WATCH would do the
-same, but Redis checks WATCHed keys against each other: a batch's few hundred keys cost
-milliseconds.)
+A batch is committed by one script that checks, then writes: no snapshot export may hold the
+freeze, the live version may not wait for its bootstrap, and the version pointer, the positions the
+batch started from and the entities it read must be as they were, else it writes nothing. So a
+consumer that lost its partitions in a rebalance (its positions moved on), or whose version was
+swapped out by a rebuild, is told `moved`; one whose entity another consumer wrote meanwhile
+(joins) is told `changed`, and folds again. The script is the one place these guards are checked:
+anything checked before it could change before it runs. (WATCH would do the same, but Redis checks
+WATCHed keys against each other: a batch's few hundred keys cost milliseconds.)
 """
 
 import asyncio

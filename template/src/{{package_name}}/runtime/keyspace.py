@@ -39,8 +39,13 @@ class Keyspace:
 
     def __init__(self, prefix: str, version: int = 1) -> None:
         self.prefix = prefix
-        self._tag = "{" + prefix + "}:"
+        self._tag = tag = "{" + prefix + "}:"
         self.version = version
+        self.pointer = tag + "version"  # the live version's number, which a rebuild swaps
+        self.freeze = tag + "freeze"
+        self.rebuilding = tag + "rebuilding"
+        self.rebuild_progress = tag + "rebuild"
+        self.commands_done = tag + "commands:done"
 
     @property
     def version(self) -> int:
@@ -49,44 +54,22 @@ class Keyspace:
     @version.setter
     def version(self, version: int) -> None:
         self._version = version
-        self._versioned = f"{self._tag}v{version}:"  # built once: keys are made per entity
+        self._versioned = versioned = f"{self._tag}v{version}:"  # built once: keys are per entity
+        self.bootstrap = versioned + "bootstrap"
+        self.everything = versioned + "*"  # a SCAN pattern: every key of this version
+        self.positions = versioned + "pos:*"
 
     def at(self, version: int) -> "Keyspace":
         return Keyspace(self.prefix, version)
 
     # ---------------------------------------------------------------- outside any version
-    @property
-    def pointer(self) -> str:
-        """The live version's number: what queries read, what a rebuild swaps."""
-        return self._tag + "version"
-
-    @property
-    def freeze(self) -> str:
-        return self._tag + "freeze"
-
-    @property
-    def rebuilding(self) -> str:
-        return self._tag + "rebuilding"
-
-    @property
-    def rebuild_progress(self) -> str:
-        return self._tag + "rebuild"
-
     def command(self, command_id: str) -> str:
         return f"{self._tag}cmd:{command_id}"
 
     def handled(self, command_id: str) -> str:
         return f"{self._tag}handled:{command_id}"
 
-    @property
-    def commands_done(self) -> str:
-        return self._tag + "commands:done"
-
     # ---------------------------------------------------------------- this version
-    @property
-    def bootstrap(self) -> str:
-        return self._versioned + "bootstrap"
-
     def position(self, tp: TopicPartition) -> str:
         return f"{self._versioned}pos:{tp.topic}:{tp.partition}"
 
@@ -106,21 +89,12 @@ class Keyspace:
         return self.lookup_bucket(collection, lookup, digest % BUCKETS), str(digest // BUCKETS)
 
     # ---------------------------------------------------------------- patterns, and parsing
-    @property
-    def everything(self) -> str:
-        """A SCAN pattern: every key of this version."""
-        return self._versioned + "*"
-
     def buckets(self, collection: str = "*") -> str:
         """A SCAN pattern: the entity buckets of `collection` (default: of every collection)."""
         return f"{self._versioned}e:{collection}:*"
 
     def lookup_buckets(self, collection: str = "*", lookup: str = "*") -> str:
         return f"{self._versioned}lk:{collection}:{lookup}:*"
-
-    @property
-    def positions(self) -> str:
-        return self._versioned + "pos:*"
 
     def parse_bucket(self, key: str | bytes) -> tuple[str, int]:
         """(collection, bucket) of an entity bucket of this version."""
@@ -148,8 +122,7 @@ class Keyspace:
 def layout() -> list[tuple[str, str]]:
     """Every key as this keyspace formats it, with placeholders for its parts, and what it holds."""
     keys = Keyspace("<prefix>")
-    keys._versioned = keys._tag + "v<n>:"
-    # Placeholders stand where numbers go: the keys are text either way.
+    keys.version = "<n>"  # type: ignore[assignment]  # a placeholder, as are those below
     bucket: Any = "<bucket>"
     partition: Any = "<partition>"
     return [
@@ -165,6 +138,9 @@ def layout() -> list[tuple[str, str]]:
             keys.lookup_bucket("<collection>", "<lookup>", bucket),
             "hash: value hash -> entity key, or a JSON list of keys",
         ),
-        (keys.position(TopicPartition("<topic>", partition)), "next offset to apply from there"),
+        (
+            keys.position(TopicPartition("<topic>", partition)),
+            "the next offset to apply from that partition",
+        ),
         (keys.bootstrap, "`pending` until the version's bootstrap is done, then `done`"),
     ]

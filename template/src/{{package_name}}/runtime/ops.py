@@ -25,7 +25,7 @@ from .deadletter import DeadLetters, reason_of
 from .errors import StartupError
 from .kafka import new_consumer, new_producer, partitions_of, reached, seek, start_client
 from .projection import Registry
-from .projector import Projector, new_projector
+from .projector import Projector
 from .readmodel import ReadModel
 from .service import connect_redis
 from .settings import ServiceSettings
@@ -112,7 +112,7 @@ async def redrive(settings: ServiceSettings, registry: Registry) -> Projector:
         tps = await _assign_all(c.consumer, settings, settings.dlq_topic)
         end = await c.consumer.end_offsets(tps)
         dead_letters = DeadLetters(c.producer, settings.dlq_topic)
-        projector = new_projector(
+        projector = Projector(
             settings, c.consumer, await _existing(c.readmodel), registry, dead_letters
         )
         await projector.on_partitions_assigned(tps)
@@ -166,7 +166,7 @@ async def rebuild(
             c.consumer.assign(tps)
             # A replay re-reads what was dead-lettered when first consumed: it sends none again.
             unsent = DeadLetters(c.producer, settings.dlq_topic, replay=True)
-            replay = new_projector(settings, c.consumer, building, registry, unsent)
+            replay = Projector(settings, c.consumer, building, registry, unsent)
             await replay.on_partitions_assigned(tps)
             for _round in range(CATCH_UP_ROUNDS):  # live events keep coming: catch up, then swap
                 end: dict[TopicPartition, int] = await c.consumer.end_offsets(tps)

@@ -1,14 +1,16 @@
 """The projector: upstream Fact Events -> projections -> Redis, with an exactly-once effect.
 
-Each `getmany` batch is read from Redis, folded in memory and committed to Redis together with the
-position of every partition it covers (commit.py); when another consumer wrote an entity of the
-batch meanwhile, it is read and folded again. On assignment the consumer seeks to the positions
-stored in Redis; Kafka's committed offsets are written afterwards for lag monitoring only. Records a
-partition has already applied are skipped, so a re-delivered batch changes nothing.
+For each `getmany` batch, the entities it changes are read from Redis, the batch is folded onto
+them in memory, and the outcome committed to Redis together with the position of every partition it
+covers (commit.py); when another consumer wrote one of those entities meanwhile, they are read and
+the batch folded again. On assignment the consumer seeks to the positions stored in Redis; Kafka's
+committed offsets are written afterwards for lag monitoring only. Records a partition has already
+applied are skipped, so a re-delivered batch changes nothing.
 
-Dead letters are published before the commit that moves past them (a crash in between publishes
-them again, never loses them), once per batch however often it is folded, and counted once the
-batch commits.
+Dead letters are published before the commit that moves past them, so none is lost: once per batch
+however often it is folded, and counted when it commits. A crash before the commit, or a batch
+whose partitions moved on meanwhile (a rebalance, a rebuild's swap), leaves them to be published
+again by whoever applies the batch: at-least-once, recognisable by their source offsets.
 """
 
 import asyncio
@@ -39,42 +41,18 @@ log = logging.getLogger(__name__)
 Work = list[tuple[Record, list[Change]]]  # a batch's records, each with the changes it makes
 
 
-def new_projector(
-    settings: ServiceSettings,
-    consumer: AIOKafkaConsumer,
-    readmodel: ReadModel,
-    registry: Registry,
-    dead_letters: DeadLetters,
-    instruments: Instruments | None = None,
-) -> "Projector":
-    """The projector of `serve`, of a rebuild (into a version not live yet, with dead letters
-    that send nothing) and of a redrive (from the dead-letter topic)."""
-    return Projector(
-        consumer,
-        readmodel,
-        registry,
-        dead_letters,
-        retry=Retry.of(settings),
-        max_batch=settings.consumer_max_batch,
-        poll_timeout_ms=settings.consumer_poll_timeout_ms,
-        instruments=instruments,
-    )
-
-
 class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
-    """Consumes its consumer's partitions into the read model until `stop()` is called. Build it
-    with new_projector()."""
+    """Consumes its consumer's partitions into the read model until `stop()` is called: the
+    projector of `serve`, of a rebuild (into a version not live yet, with dead letters that send
+    nothing) and of a redrive (from the dead-letter topic)."""
 
     def __init__(
         self,
+        settings: ServiceSettings,
         consumer: AIOKafkaConsumer,
         readmodel: ReadModel,
         registry: Registry,
         dead_letters: DeadLetters,
-        *,
-        retry: Retry,
-        max_batch: int,
-        poll_timeout_ms: int,
         instruments: Instruments | None = None,
     ) -> None:
         self.consumer = consumer
@@ -82,9 +60,9 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
         self._batches = readmodel.batches
         self._registry = registry
         self._dead_letters = dead_letters
-        self._retry = retry
-        self._max_batch = max_batch
-        self._poll_timeout_ms = poll_timeout_ms
+        self._retry = Retry.of(settings)
+        self._max_batch = settings.consumer_max_batch
+        self._poll_timeout_ms = settings.consumer_poll_timeout_ms
         self._instruments = instruments or Instruments()
         # A job's consumer (rebuild, redrive) has no group, so no offsets to commit in Kafka.
         self._grouped = consumer._group_id is not None  # aiokafka does not make it public

@@ -27,7 +27,7 @@ from .instruments import Instruments
 from .kafka import new_consumer, new_producer, start_client
 from .progress import Progress
 from .projection import Registry
-from .projector import Projector, new_projector
+from .projector import Projector
 from .readmodel import Queries, ReadModel
 from .redis import redis_client, tls_options
 from .settings import ServiceSettings
@@ -178,7 +178,7 @@ async def running(
         projector = None
         if registry.topics(settings):
             consumer = group("")
-            projector = new_projector(
+            projector = Projector(
                 settings,
                 consumer,
                 ReadModel(redis, settings.redis_key_prefix),  # its own view: swaps when fenced
