@@ -248,28 +248,22 @@ async def projector_over(
     """The service's projector over `partitions` of `topic` (None: all) from their beginning,
     into the read model at `prefix`, and the end offsets it is to reach."""
     from personabff.projections import REGISTRY
+    from personabff.runtime.deadletter import DeadLetters
     from personabff.runtime.projector import Projector
     from personabff.runtime.readmodel import ReadModel
     from personabff.runtime.redis import redis_client
 
     redis = redis_client(REDIS)  # the service's client
     readmodel = ReadModel(redis, prefix)
-    await readmodel.initialise()
-    await readmodel.bootstrapped()  # no snapshot to load: project from the start
+    await readmodel.versions.initialise()
+    await readmodel.versions.bootstrapped()  # no snapshot to load: project from the start
     consumer, tps = await assigned_consumer(topic, partitions, isolation_level="read_committed")
     producer = AIOKafkaProducer(bootstrap_servers=KAFKA)
     await producer.start()
     try:
         end = await consumer.end_offsets(tps)
-        projector = Projector(
-            consumer,
-            producer,
-            readmodel,
-            REGISTRY,
-            dlq_topic=settings.dlq_topic,
-            max_batch=settings.consumer_max_batch,
-            mirror_to_kafka=False,
-        )
+        dead_letters = DeadLetters(producer, settings.dlq_topic)
+        projector = Projector(settings, consumer, readmodel, REGISTRY, dead_letters)
         await projector.on_partitions_assigned(tps)
         yield projector, end
     finally:
@@ -410,20 +404,19 @@ async def memory(settings: Any) -> Figure:
     redis = Redis.from_url(REDIS)
     try:
         readmodel = ReadModel(redis, settings.redis_key_prefix)
-        keys = [key async for key in redis.scan_iter(match=readmodel.versioned("*"), count=1000)]
+        keyspace = readmodel.keys
+        keys = [key async for key in redis.scan_iter(match=keyspace.everything, count=1000)]
         async with redis.pipeline(transaction=False) as pipe:
             for key in keys:
                 pipe.memory_usage(key, samples=0)
             usages = await pipe.execute()
         total = sum(usage or 0 for usage in usages)
-        entity_hashes = readmodel.versioned("e", "")
+        entity_hashes = {key async for key in redis.scan_iter(match=keyspace.buckets(), count=1000)}
         alone = sum(
-            usage or 0
-            for key, usage in zip(keys, usages, strict=True)
-            if key.decode().startswith(entity_hashes)
+            usage or 0 for key, usage in zip(keys, usages, strict=True) if key in entity_hashes
         )
-        entities = await readmodel.count("personas")
-        page, _ = await readmodel.page("personas", after=None, limit=5000)
+        entities = await readmodel.queries.count("personas")
+        page, _ = await readmodel.queries.page("personas", after=None, limit=5000)
         json_bytes = statistics.mean(len(value) for value in page)
     finally:
         await redis.aclose()
@@ -463,7 +456,7 @@ async def bootstrap(settings: Any, rounds: int) -> Figure:
         raw.append(await raw_consume(settings.data_topic, records))
         redis = redis_client(REDIS)  # the service's client
         target = ReadModel(redis, f"{settings.redis_key_prefix}.copy{n}")
-        await target.initialise()
+        await target.versions.initialise()
         consumer = new_consumer(settings, group_id=None)  # the service's bootstrap consumer
         await consumer.start()
         await asyncio.sleep(0)
@@ -645,7 +638,7 @@ async def _persona(settings: Any, persona_id: str) -> bytes:
     from personabff.runtime.readmodel import ReadModel
 
     async with Redis.from_url(REDIS) as redis:
-        raw = await ReadModel(redis, settings.redis_key_prefix).get("personas", persona_id)
+        raw = await ReadModel(redis, settings.redis_key_prefix).queries.get("personas", persona_id)
     assert raw is not None, persona_id
     return raw
 

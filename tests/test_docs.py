@@ -5,6 +5,7 @@ service, every `make TARGET` a real target, and the `copier copy` examples must 
 file of the product speaks of the product alone.
 """
 
+import importlib.util
 import re
 import shlex
 import subprocess
@@ -101,6 +102,18 @@ def test_the_site_loads_nothing_from_elsewhere(tmp_path: Path) -> None:
         tags = re.findall(r"<(?:script|link)\b[^>]*>", page.read_text())
         remote = [tag for tag in tags if re.search(r"""(src|href)=["']?(https?:)?//""", tag)]
         assert not remote, f"{page.relative_to(tmp_path)} loads {remote}"
+
+
+def test_the_design_shows_the_redis_keys_as_the_keyspace_formats_them() -> None:
+    path = ROOT / "template/src/{{package_name}}/runtime/keyspace.py"
+    spec = importlib.util.spec_from_file_location("keyspace", path)
+    assert spec is not None and spec.loader is not None
+    keyspace = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(keyspace)  # it imports nothing of the service: no render needed
+    design = (ROOT / "docs/design.md").read_text()
+    section = design.split("## The read model in Redis", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `([^`]+)` \| (.+) \|$", section, flags=re.MULTILINE)
+    assert rows == keyspace.layout()
 
 
 def _product_files() -> list[str]:

@@ -26,8 +26,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from pydantic import BaseModel, ConfigDict, ValidationError
 from redis.exceptions import RedisError
 
-from . import deadletter, tracing
-from .deadletter import DeadLetter
+from . import tracing
+from .deadletter import DeadLetter, DeadLetters
 from .events import CloudEvent, InvalidEventError, decode
 from .instruments import Instruments
 from .kafka import Record
@@ -156,7 +156,7 @@ class CommandBus:
         instruments: Instruments | None = None,
     ) -> None:
         redis = self._redis = readmodel.redis
-        self._readmodel = readmodel
+        self._keys = readmodel.keys
         self._producer = producer
         self._source = source
         self._reply_topic = reply_topic
@@ -170,10 +170,10 @@ class CommandBus:
 
     @property
     def channel(self) -> str:
-        return self._readmodel.key("commands", "done")
+        return self._keys.commands_done
 
     def _key(self, command_id: str) -> str:
-        return self._readmodel.key("cmd", command_id)
+        return self._keys.command(command_id)
 
     async def send(
         self,
@@ -280,7 +280,7 @@ class CommandBus:
         return outcome
 
     async def consume_replies(
-        self, consumer: AIOKafkaConsumer, dlq_topic: str, stopping: asyncio.Event
+        self, consumer: AIOKafkaConsumer, dead_letters: DeadLetters, stopping: asyncio.Event
     ) -> None:
         """Complete commands from the replies on this service's reply topic."""
 
@@ -291,8 +291,7 @@ class CommandBus:
                     raise UnknownEventTypeError(f"expected {REPLY_TYPE}, got {reply.type!r}")
                 await self.handle_reply(reply)
             except (InvalidEventError, ValidationError) as exc:
-                letter = DeadLetter(record, exc)
-                await deadletter.publish(self._producer, dlq_topic, [letter])
+                await dead_letters.send([DeadLetter(record, exc)])
 
         await consume_each(consumer, handle, stopping)
 

@@ -12,7 +12,7 @@ from fastapi import Depends, Request
 
 from .commands import CommandBus
 from .deprecation import deprecated
-from .readmodel import Queries, ReadModel
+from .readmodel import Queries
 from .service import Service
 from .settings import ServiceSettings
 
@@ -55,14 +55,15 @@ CommandsDep = Annotated[CommandBus, Depends(get_commands)]
 SettingsDep = Annotated[ServiceSettings, Depends(settings_dependency(ServiceSettings))]
 
 
-# Deprecated for one release: the whole read model, commits and drops included. Use QueriesDep.
-def readmodel_of(request: Request) -> ReadModel:
+# Deprecated for one release: they gave the whole read model; now its queries, which answer the
+# same reads. Use QueriesDep.
+def readmodel_of(request: Request) -> Queries:
     deprecated("readmodel_of(request) and ReadModelDep", "QueriesDep")
-    return _service(request).readmodel
+    return _service(request).queries
 
 
-async def get_readmodel(request: Request) -> ReadModel:
+async def get_readmodel(request: Request) -> Queries:
     return readmodel_of(request)
 
 
-ReadModelDep = Annotated[ReadModel, Depends(get_readmodel)]
+ReadModelDep = Annotated[Queries, Depends(get_readmodel)]

@@ -22,9 +22,9 @@ from typing import Any, Generic, TypeVar, get_args, get_origin, get_type_hints
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from pydantic import BaseModel, ValidationError
 
-from . import deadletter, logs, tracing
+from . import logs, tracing
 from .commands import REPLY_TYPE, Reply
-from .deadletter import DeadLetter
+from .deadletter import DeadLetter, DeadLetters, Retry
 from .events import CloudEvent, InvalidEventError, decode
 from .instruments import Instruments
 from .kafka import Record
@@ -174,37 +174,33 @@ class CommandWorker:
         source: str,
         events_topic: str,
         results_topic: str | None,
-        dlq_topic: str,
+        dead_letters: DeadLetters,
+        retry: Retry,
         handled_retention_s: int,
-        handler_attempts: int = 3,
-        retry_backoff_s: float = 0.05,
         instruments: Instruments | None = None,
     ) -> None:
         self._consumer = consumer
         self._instruments = instruments or Instruments()
         self._producer = producer
-        self._readmodel = readmodel
-        self._queries = Queries(readmodel)  # what handlers see
+        self._redis = readmodel.redis
+        self._keys = readmodel.keys
+        self._queries = readmodel.queries  # what handlers see
         self._handlers = handlers
         self._source = source
         self._events_topic = events_topic
         self._results_topic = results_topic
-        self._dlq_topic = dlq_topic
+        self._dead_letters = dead_letters
+        self._retry = retry
         self._handled_retention_s = handled_retention_s
-        self._handler_attempts = handler_attempts
-        self._retry_backoff_s = retry_backoff_s
 
     async def run(self, stopping: asyncio.Event) -> None:
         await consume_each(self._consumer, self._handle, stopping)
-
-    def _handled_key(self, command_id: str) -> str:
-        return self._readmodel.key("handled", command_id)
 
     async def _handle(self, record: Record) -> None:
         try:
             envelope = decode(record.value, record.headers)
         except InvalidEventError as exc:
-            await deadletter.publish(self._producer, self._dlq_topic, [DeadLetter(record, exc)])
+            await self._dead_letters.send([DeadLetter(record, exc)])
             self._instruments.commands_handled.labels("", "dead_lettered").inc()
             return
         correlation_id = envelope.extensions.get("correlationid", envelope.id)
@@ -218,7 +214,7 @@ class CommandWorker:
 
     async def _handle_command(self, record: Record, envelope: CloudEvent) -> str:
         """Handle a command and answer it; returns the outcome."""
-        if await self._readmodel.redis.exists(self._handled_key(envelope.id)):
+        if await self._redis.exists(self._keys.handled(envelope.id)):
             log.info("command %s was handled already", envelope.id)
             return "duplicate"
         outcome: Outcome | None = None
@@ -229,13 +225,10 @@ class CommandWorker:
         except CommandRejected as exc:
             error, result = str(exc), "rejected"
         except _Undeliverable as exc:
-            letter = DeadLetter(record, exc.cause, attempts=exc.attempts)
-            await deadletter.publish(self._producer, self._dlq_topic, [letter])
+            await self._dead_letters.send([DeadLetter(record, exc.cause, attempts=exc.attempts)])
             error, result = f"{type(exc.cause).__name__}: {exc.cause}", "dead_lettered"
         await self._publish(envelope, outcome, error)
-        await self._readmodel.redis.set(
-            self._handled_key(envelope.id), b"1", ex=self._handled_retention_s
-        )
+        await self._redis.set(self._keys.handled(envelope.id), b"1", ex=self._handled_retention_s)
         return result
 
     async def _run_handler(self, envelope: CloudEvent) -> Outcome:
@@ -263,10 +256,10 @@ class CommandWorker:
             except CommandRejected:
                 raise
             except Exception as exc:
-                if attempt >= self._handler_attempts:
+                if attempt >= self._retry.attempts:
                     raise _Undeliverable(exc, attempts=attempt) from exc
                 log.warning("handling %s failed (attempt %d): %r", envelope.id, attempt, exc)
-                await asyncio.sleep(self._retry_backoff_s * 2 ** (attempt - 1))
+                await self._retry.wait(attempt)
                 attempt += 1
                 continue
             try:

@@ -21,14 +21,15 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from . import snapshot
-from .deadletter import reason_of
+from .deadletter import DeadLetters, reason_of
 from .errors import StartupError
 from .kafka import new_consumer, new_producer, partitions_of, reached, seek, start_client
 from .projection import Registry
 from .projector import Projector
-from .readmodel import ReadModel, ReadModelLostError
+from .readmodel import ReadModel
 from .service import connect_redis
 from .settings import ServiceSettings
+from .versions import ReadModelLostError
 
 CATCH_UP_ROUNDS = 5
 
@@ -58,10 +59,10 @@ async def clients(settings: ServiceSettings) -> AsyncIterator[Clients]:
 async def _existing(readmodel: ReadModel) -> ReadModel:
     """The live read model, which jobs that write to it need the service to have created."""
     try:
-        await readmodel.refresh()
+        await readmodel.versions.refresh()
     except ReadModelLostError:
         raise StartupError(
-            f"no read model under REDIS_KEY_PREFIX={readmodel.prefix} in this Redis:"
+            f"no read model under REDIS_KEY_PREFIX={readmodel.keys.prefix} in this Redis:"
             " start the service first"
         ) from None
     return readmodel
@@ -110,14 +111,9 @@ async def redrive(settings: ServiceSettings, registry: Registry) -> Projector:
     async with clients(settings) as c:
         tps = await _assign_all(c.consumer, settings, settings.dlq_topic)
         end = await c.consumer.end_offsets(tps)
+        dead_letters = DeadLetters(c.producer, settings.dlq_topic)
         projector = Projector(
-            c.consumer,
-            c.producer,
-            await _existing(c.readmodel),
-            registry,
-            dlq_topic=settings.dlq_topic,
-            max_batch=settings.consumer_max_batch,
-            mirror_to_kafka=False,  # no consumer group: the positions live in Redis only
+            settings, c.consumer, await _existing(c.readmodel), registry, dead_letters
         )
         await projector.on_partitions_assigned(tps)
         await projector.run(until=end)
@@ -142,11 +138,11 @@ async def rebuild(
     """Rebuild into a new version, swap it in, drop the old one; returns the new version."""
     async with clients(settings) as c:
         live = c.readmodel
-        await live.initialise()
-        old = live.version
+        await live.versions.initialise()
+        old = live.keys.version
         building = live.at(old + 1)
-        lock = live.key("rebuilding")
-        if not await live.redis.set(lock, building.version, nx=True, ex=24 * 3600):
+        lock = live.keys.rebuilding
+        if not await live.redis.set(lock, old + 1, nx=True, ex=24 * 3600):
             raise RuntimeError("another rebuild is running")
         done_of_total = [0, 0]
 
@@ -157,7 +153,7 @@ async def rebuild(
 
         publishing = asyncio.create_task(_publish_progress(live, done_of_total))
         try:
-            await building.drop()  # what a crashed rebuild may have left
+            await building.versions.drop()  # what a crashed rebuild may have left
             with suppress(StartupError):  # no data topic: replay the upstream topics alone
                 await snapshot.load(
                     building, c.consumer, settings, registry.collections, settings.data_topic
@@ -168,16 +164,9 @@ async def rebuild(
                 for tp in await partitions_of(settings, topic)
             ]
             c.consumer.assign(tps)
-            replay = Projector(
-                c.consumer,
-                c.producer,
-                building,
-                registry,
-                dlq_topic=settings.dlq_topic,
-                max_batch=settings.consumer_max_batch,
-                mirror_to_kafka=False,
-                replay=True,
-            )
+            # A replay re-reads what was dead-lettered when first consumed: it sends none again.
+            unsent = DeadLetters(c.producer, settings.dlq_topic, replay=True)
+            replay = Projector(settings, c.consumer, building, registry, unsent)
             await replay.on_partitions_assigned(tps)
             for _round in range(CATCH_UP_ROUNDS):  # live events keep coming: catch up, then swap
                 end: dict[TopicPartition, int] = await c.consumer.end_offsets(tps)
@@ -185,19 +174,20 @@ async def rebuild(
                 latest: dict[TopicPartition, int] = await c.consumer.end_offsets(tps)
                 if sum(latest.values()) - sum(end.values()) <= settings.ready_max_lag:
                     break
-            await live.redis.set(live.version_key, building.version)
+            await live.versions.swap(old + 1)
             await asyncio.sleep(grace_s)  # instances move their queries within a second
-            await live.at(old).drop()
-            return building.version
+            await live.at(old).versions.drop()
+            return old + 1
         finally:
             publishing.cancel()
-            await live.redis.delete(lock, live.key("rebuild"))
+            await live.redis.delete(lock, live.keys.rebuild_progress)
 
 
 async def _publish_progress(live: ReadModel, done_of_total: list[int]) -> None:
     """Every second, where the rebuild is, for the running instances' /metrics."""
     while True:
         done, total = done_of_total
-        await live.redis.hset(live.key("rebuild"), mapping={"done": done, "total": total})
-        await live.redis.expire(live.key("rebuild"), 60)  # gone soon if this job dies
+        progress = live.keys.rebuild_progress
+        await live.redis.hset(progress, mapping={"done": done, "total": total})
+        await live.redis.expire(progress, 60)  # gone soon if this job dies
         await asyncio.sleep(1.0)

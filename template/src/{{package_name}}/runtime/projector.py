@@ -1,9 +1,16 @@
 """The projector: upstream Fact Events -> projections -> Redis, with an exactly-once effect.
 
-Each `getmany` batch is folded in memory and written to Redis together with the position of every
-partition it covers (see readmodel.py). On assignment the consumer seeks to the positions stored in
-Redis; Kafka's committed offsets are written afterwards for lag monitoring only. Records a partition
-has already applied are skipped, so a re-delivered batch changes nothing.
+For each `getmany` batch, the entities it changes are read from Redis, the batch is folded onto
+them in memory, and the outcome committed to Redis together with the position of every partition it
+covers (commit.py); when another consumer wrote one of those entities meanwhile, they are read and
+the batch folded again. On assignment the consumer seeks to the positions stored in Redis; Kafka's
+committed offsets are written afterwards for lag monitoring only. Records a partition has already
+applied are skipped, so a re-delivered batch changes nothing.
+
+Dead letters are published before the commit that moves past them, so none is lost: once per batch
+however often it is folded, and counted when it commits. A crash before the commit, or a batch
+whose partitions moved on meanwhile (a rebalance, a rebuild's swap), leaves them to be published
+again by whoever applies the batch: at-least-once, recognisable by their source offsets.
 """
 
 import asyncio
@@ -13,55 +20,52 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
-from . import deadletter, logs
-from .deadletter import DeadLetter
+from . import logs
+from .commit import EntityRef, Writes, decoded, writes_for
+from .deadletter import DeadLetter, DeadLetters, Retry
 from .events import InvalidEventError
 from .instruments import Instruments
 from .kafka import Record, reached, seek
-from .projection import Change, Registry
-from .readmodel import EntityRef, ReadModel, ReadModelLostError, Writes, decoded, writes_for
+from .projection import Change, Collection, Registry
+from .readmodel import ReadModel
+from .settings import ServiceSettings
+from .versions import ReadModelLostError
 
 log = logging.getLogger(__name__)
 
+Work = list[tuple[Record, list[Change]]]  # a batch's records, each with the changes it makes
+
 
 class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
-    """Consumes the upstream topics into the read model until `stop()` is called."""
+    """Consumes its consumer's partitions into the read model until `stop()` is called: the
+    projector of `serve`, of a rebuild (into a version not live yet, with dead letters that send
+    nothing) and of a redrive (from the dead-letter topic)."""
 
     def __init__(
         self,
+        settings: ServiceSettings,
         consumer: AIOKafkaConsumer,
-        producer: AIOKafkaProducer,
         readmodel: ReadModel,
         registry: Registry,
-        *,
-        dlq_topic: str,
-        max_batch: int = 500,
-        poll_timeout_ms: int = 200,
-        handler_attempts: int = 3,
-        retry_backoff_s: float = 0.05,
-        mirror_to_kafka: bool = True,
-        replay: bool = False,
+        dead_letters: DeadLetters,
         instruments: Instruments | None = None,
     ) -> None:
         self.consumer = consumer
-        self._producer = producer
         self._readmodel = readmodel
+        self._batches = readmodel.batches
         self._registry = registry
-        self._dlq_topic = dlq_topic
-        self._max_batch = max_batch
-        self._poll_timeout_ms = poll_timeout_ms
-        self._handler_attempts = handler_attempts
-        self._retry_backoff_s = retry_backoff_s
-        self._mirror_to_kafka = mirror_to_kafka
-        # A replay (rebuild) re-reads events that were dead-lettered when first consumed: it
-        # counts them again but publishes nothing.
-        self._replay = replay
+        self._dead_letters = dead_letters
+        self._retry = Retry.of(settings)
+        self._max_batch = settings.consumer_max_batch
+        self._poll_timeout_ms = settings.consumer_poll_timeout_ms
         self._instruments = instruments or Instruments()
+        # A job's consumer (rebuild, redrive) has no group, so no offsets to commit in Kafka.
+        self._grouped = consumer._group_id is not None  # aiokafka does not make it public
         # Per assigned partition: the position this process last read from or wrote to Redis.
         self._positions: dict[TopicPartition, int | None] = {}
         # Held while a batch is in hand, so a rebalance waits for it to finish.
@@ -94,11 +98,17 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
             before_sleep=lambda state: log.warning("reading positions: %r", state.outcome),
         ):
             with attempt:
-                if self._readmodel.live and await self._readmodel.refresh():
-                    log.info("read model swapped to version %d", self._readmodel.version)
-                stored = await self._readmodel.positions(tps)
+                await self._follow_version()
+                stored = await self._batches.positions(tps)
         self._positions.update(stored)
         await seek(self.consumer, stored)
+
+    async def _follow_version(self) -> bool:
+        """Move to the live version if a rebuild swapped it; True when it did."""
+        if self._readmodel.live and await self._readmodel.versions.refresh():
+            log.info("read model swapped to version %d", self._readmodel.keys.version)
+            return True
+        return False
 
     # ------------------------------------------------------------------ main loop
     def stop(self) -> None:
@@ -134,7 +144,7 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
                 timeout_ms=self._poll_timeout_ms, max_records=self._max_batch
             )
             if not batches:
-                await self._follow_swap()
+                await self._when_idle()
                 continue
             try:
                 async with self._batch_lock:
@@ -159,10 +169,10 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
             )
         return lags
 
-    async def _follow_swap(self) -> None:
+    async def _when_idle(self) -> None:
         """While idle, notice a rebuild's swap (a busy projector notices at its next commit)."""
         try:
-            if self._readmodel.live and await self._readmodel.refresh():
+            if await self._follow_version():
                 async with self._batch_lock:
                     await self._seek_to_stored(list(self._positions))
         except RedisError as exc:
@@ -191,7 +201,7 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
 
         started = time.perf_counter()
         rejected: list[DeadLetter] = []
-        work: list[tuple[Record, list[Change]]] = []
+        work: Work = []
         applied: Counter[tuple[str, str]] = Counter()
         for record in records:
             try:
@@ -200,88 +210,83 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
                 applied[record.topic, event_type] += 1
             except InvalidEventError as exc:
                 rejected.append(DeadLetter(record, exc))
-        await self._dead_letter(rejected)
-
         refs = list(dict.fromkeys((c.collection.name, c.key) for _, cs in work for c in cs))
-        # A concurrent write makes the batch fold again: what it dead-lettered stays sent.
-        sent: set[tuple[str, int, int]] = set()
 
-        async def fold(current: list[bytes | None]) -> Writes:
-            return await self._fold(work, dict(zip(refs, current, strict=True)), sent)
+        sent: set[tuple[str, int, int]] = set()  # where the letters sent so far came from
+        while True:
+            current = await self._batches.read(refs)
+            writes, failed = await self._fold(work, current)
+            letters = rejected + failed
+            unsent = [letter for letter in letters if _source(letter) not in sent]
+            await self._dead_letters.send(unsent)
+            sent.update(map(_source, unsent))
+            outcome = await self._batches.commit(expected, new, current, writes)
+            if outcome != "changed":
+                break
+            # Another consumer wrote an entity of the batch (a join): read and fold again.
 
-        if await self._readmodel.commit(expected, new, refs, fold):
-            self._positions.update(new)
-            self.applied += len(work)
-            self.dead_lettered += len(rejected)
-            instruments = self._instruments
-            for (topic, event_type), count in applied.items():
-                instruments.events_applied.labels(topic, event_type).inc(count)
-            instruments.batch_seconds.observe(time.perf_counter() - started)
-            instruments.batch_events.observe(len(records))
-            return new
-        log.warning("partitions moved on or version swapped; re-seeking %s", sorted(expected))
-        await self._seek_to_stored(list(expected))
-        return {}
+        if outcome == "moved":
+            log.warning("partitions moved on or version swapped; re-seeking %s", sorted(expected))
+            await self._seek_to_stored(list(expected))
+            return {}
+        self._positions.update(new)
+        self.applied += len(work)
+        self.dead_lettered += len(letters)
+        instruments = self._instruments
+        for (topic, event_type), count in applied.items():
+            instruments.events_applied.labels(topic, event_type).inc(count)
+        instruments.batch_seconds.observe(time.perf_counter() - started)
+        instruments.batch_events.observe(len(records))
+        return new
 
     async def _fold(
-        self,
-        work: list[tuple[Record, list[Change]]],
-        current: dict[EntityRef, bytes | None],
-        sent: set[tuple[str, int, int]],
-    ) -> Writes:
+        self, work: Work, current: Mapping[EntityRef, bytes | None]
+    ) -> tuple[Writes, list[DeadLetter]]:
+        """Fold the batch onto the `current` states. While events raise, they are left out and
+        the batch folded again after a wait (a fold is synchronous: nothing waits within it),
+        until they have failed every attempt: then they are dead letters, left out of the
+        writes."""
         collections = self._registry.collections
         before: dict[EntityRef, Any] = dict.fromkeys(current)
         stored = {ref: raw for ref, raw in current.items() if raw is not None}
         before.update(decoded(collections, stored))
-        states = dict(before)
-        failed: list[DeadLetter] = []
-        for record, changes in work:
-            try:  # the common case, without a coroutine per event
-                states.update(_applied(changes, states))
-                continue
-            except Exception as exc:
-                error = exc
-            outcome = await self._retry(record, changes, states, error)
-            if not isinstance(outcome, DeadLetter):
-                states.update(outcome)
-            elif (where := (record.topic, record.partition, record.offset)) not in sent:
-                failed.append(outcome)
-                sent.add(where)
-        await self._dead_letter(failed)
-        self.dead_lettered += len(failed)
-        return writes_for(collections, before, states)
-
-    async def _dead_letter(self, letters: list[DeadLetter]) -> None:
-        if letters and not self._replay:
-            await deadletter.publish(self._producer, self._dlq_topic, letters)
-            for letter in letters:
-                error = type(letter.error).__name__
-                self._instruments.dead_letters.labels(letter.record.topic, error).inc()
-
-    async def _retry(
-        self, record: Record, changes: list[Change], states: dict[EntityRef, Any], error: Exception
-    ) -> dict[EntityRef, Any] | DeadLetter:
-        """Apply a failed event's changes again, all or none; dead-letter it if it keeps failing."""
+        writes, failed = fold(collections, work, before)
         attempt = 1
-        while attempt < self._handler_attempts:
-            with logs.handling(changes[0].event.id if changes else _where(record)):
-                log.warning("projecting %s failed (attempt %d): %r", _where(record), attempt, error)
-            await asyncio.sleep(self._retry_backoff_s * 2 ** (attempt - 1))
+        while failed and attempt < self._retry.attempts:
+            for index, error in failed.items():
+                record, changes = work[index]
+                where = _where(record)
+                with logs.handling(changes[0].event.id if changes else where):
+                    log.warning("projecting %s failed (attempt %d): %r", where, attempt, error)
+            await self._retry.wait(attempt)
             attempt += 1
-            try:
-                return _applied(changes, states)
-            except Exception as exc:
-                error = exc
-        return DeadLetter(record, error, attempts=attempt)
+            writes, failed = fold(collections, work, before)
+        letters = [DeadLetter(work[i][0], error, attempts=attempt) for i, error in failed.items()]
+        return writes, letters
 
     async def _commit_to_kafka(self, new: dict[TopicPartition, int]) -> None:
         """Mirror positions into Kafka so lag monitoring sees them; Redis stays the authority."""
-        if not new or not self._mirror_to_kafka:
+        if not new or not self._grouped:
             return
         try:
             await self.consumer.commit(new)
         except KafkaError as exc:
             log.debug("offset commit for monitoring failed: %r", exc)
+
+
+def fold(
+    collections: Mapping[str, Collection[Any]], work: Work, before: Mapping[EntityRef, Any]
+) -> tuple[Writes, dict[int, Exception]]:
+    """The writes of the events of `work` applied in order onto the states `before`, and what
+    each event that raised raised (by its index): such an event changes nothing."""
+    states = dict(before)
+    failed: dict[int, Exception] = {}
+    for index, (_, changes) in enumerate(work):
+        try:
+            states.update(_applied(changes, states))
+        except Exception as exc:
+            failed[index] = exc
+    return writes_for(collections, before, states), failed
 
 
 def _applied(changes: list[Change], states: dict[EntityRef, Any]) -> dict[EntityRef, Any]:
@@ -291,6 +296,11 @@ def _applied(changes: list[Change], states: dict[EntityRef, Any]) -> dict[Entity
         ref = (change.collection.name, change.key)
         updated[ref] = change.apply(updated.get(ref, states[ref]), change.event)
     return updated
+
+
+def _source(letter: DeadLetter) -> tuple[str, int, int]:
+    record = letter.record
+    return record.topic, record.partition, record.offset
 
 
 def _where(record: Record) -> str:

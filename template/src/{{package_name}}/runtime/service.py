@@ -20,6 +20,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from . import snapshot
 from .commands import CommandBus
+from .deadletter import DeadLetters, Retry
 from .errors import StartupError
 from .handling import CommandWorker, Handlers
 from .instruments import Instruments
@@ -27,9 +28,10 @@ from .kafka import new_consumer, new_producer, start_client
 from .progress import Progress
 from .projection import Registry
 from .projector import Projector
-from .readmodel import Queries, ReadModel, ReadModelLostError
+from .readmodel import Queries, ReadModel
 from .redis import redis_client, tls_options
 from .settings import ServiceSettings
+from .versions import ReadModelLostError
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +65,7 @@ class Service:
     queries: Queries = field(init=False)  # the read-only view routes and handlers get
 
     def __post_init__(self) -> None:
-        self.queries = Queries(self.readmodel)
+        self.queries = self.readmodel.queries
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Whether to send this instance traffic, with the state of each component.
@@ -144,7 +146,7 @@ async def running(
         redis = await connect_redis(settings)
         stack.push_async_callback(redis.aclose)
         readmodel = ReadModel(redis, settings.redis_key_prefix)
-        await readmodel.initialise()  # a brand-new one waits for its bootstrap
+        await readmodel.versions.initialise()  # a brand-new one waits for its bootstrap
 
         producer = new_producer(settings)
         await start_client(producer, settings)
@@ -161,6 +163,7 @@ async def running(
             instruments=instruments,
         )
         service = Service(settings, readmodel, bus, instruments)
+        dead_letters = DeadLetters(producer, settings.dlq_topic, instruments)
         stopping = asyncio.Event()
 
         async def subscribed(consumer: AIOKafkaConsumer, topics: list[str]) -> AIOKafkaConsumer:
@@ -176,14 +179,12 @@ async def running(
         if registry.topics(settings):
             consumer = group("")
             projector = Projector(
+                settings,
                 consumer,
-                producer,
                 ReadModel(redis, settings.redis_key_prefix),  # its own view: swaps when fenced
                 registry,
-                dlq_topic=settings.dlq_topic,
-                max_batch=settings.consumer_max_batch,
-                poll_timeout_ms=settings.consumer_poll_timeout_ms,
-                instruments=instruments,
+                dead_letters,
+                instruments,
             )
             stack.push_async_callback(consumer.stop)  # started once the bootstrap is done
         worker = CommandWorker(
@@ -194,7 +195,8 @@ async def running(
             source=settings.service_name,
             events_topic=settings.events_topic,
             results_topic=settings.results_topic if settings.pipeline_results else None,
-            dlq_topic=settings.dlq_topic,
+            dead_letters=dead_letters,
+            retry=Retry.of(settings),
             handled_retention_s=settings.command_retention_s,
             instruments=instruments,
         )
@@ -215,7 +217,7 @@ async def running(
         keep("projector", _go_live(settings, registry, service, projector))
         keep("version", _follow_version(service, stopping))
         keep("commands", worker.run(stopping))
-        keep("replies", bus.consume_replies(replies, settings.dlq_topic, stopping))
+        keep("replies", bus.consume_replies(replies, dead_letters, stopping))
         keep("completions", bus.listen(stopping))
         log.info("%s started", settings.service_name)
         yield service
@@ -250,7 +252,7 @@ async def _go_live(
         service.bootstrap.restart()
         async for attempt in _retrying("initialising the read model"):
             with attempt:
-                await service.readmodel.initialise()
+                await service.readmodel.versions.initialise()
 
 
 def _retrying(what: str) -> AsyncRetrying:
@@ -265,7 +267,7 @@ def _retrying(what: str) -> AsyncRetrying:
 async def _bootstrap(settings: ServiceSettings, registry: Registry, service: Service) -> None:
     """Load the last snapshot of the data topic if the read model waits for its bootstrap."""
     readmodel = service.readmodel
-    if await readmodel.redis.get(readmodel.bootstrap_key) == b"pending":
+    if await readmodel.versions.awaits_bootstrap():
         consumer = new_consumer(settings, group_id=None)
         await start_client(consumer, settings)
         try:
@@ -282,7 +284,7 @@ async def _bootstrap(settings: ServiceSettings, registry: Registry, service: Ser
             log.warning("bootstrap skipped: %s", exc)
         finally:
             await consumer.stop()
-        await readmodel.bootstrapped()
+        await readmodel.versions.bootstrapped()
     service.bootstrap.finished = True
 
 
@@ -292,9 +294,9 @@ async def _follow_version(service: Service, stopping: asyncio.Event) -> None:
     readmodel = service.readmodel
     while not stopping.is_set():
         try:
-            if await readmodel.refresh():
-                log.info("queries now read version %d", readmodel.version)
-            rebuild = readmodel.key("rebuild")
+            if await readmodel.versions.refresh():
+                log.info("queries now read version %d", readmodel.keys.version)
+            rebuild = readmodel.keys.rebuild_progress
             progress = cast(dict[bytes, bytes], await readmodel.redis.hgetall(rebuild))
             service.rebuild = {name.decode(): int(value) for name, value in progress.items()}
         except (RedisError, OSError, ReadModelLostError) as exc:  # the projector recovers

@@ -5,7 +5,7 @@ Format. One export is a set of records, spread over the topic's partitions, each
 
     entity    key `<collection>:<entity key>`     value: the entity's JSON
     lookup    key `<collection>:<lookup>:<bucket>:<field>`
-                                                  value: the lookup entry as stored (readmodel.py)
+                                                  value: the lookup entry as stored (keyspace.py)
     position  key `<topic>:<partition>`           value: the next offset to apply there (ASCII)
     end       key `end`                           value: {"export", "entities", "positions",
                                                           "lookups", "exported_at"} (JSON)
@@ -43,9 +43,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import RecordsToDelete
 from redis.asyncio import Redis
 
+from .commit import EntityRef, Writes, decoded
 from .kafka import Record, client_options, new_admin, partitions_of, reached, seek, start_client
+from .keyspace import BUCKETS, Keyspace, bucket_of
 from .projection import Collection
-from .readmodel import BUCKETS, EntityRef, ReadModel, Writes, bucket_of, decoded
+from .readmodel import ReadModel, fields_in
 from .settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -74,15 +76,12 @@ async def export(
 ) -> Summary:
     """Write the live version of the read model, with its positions, to `topic`."""
     export_id = uuid.uuid4().hex
-    redis = readmodel.redis
-    if not await redis.set(readmodel.freeze_key, export_id, nx=True, ex=FREEZE_TTL_S):
-        raise RuntimeError("another snapshot export is running (its freeze is held)")
-    try:
-        await readmodel.refresh()
+    redis, keys = readmodel.redis, readmodel.keys
+    async with readmodel.versions.frozen(FREEZE_TTL_S) as keep_frozen:
         tps = await partitions_of(settings, topic)
         before = await _end_offsets(settings, tps)
         headers = [(EXPORT, export_id.encode())]
-        positions = await _positions(readmodel)
+        positions = await _positions(redis, keys)
         sent = [
             await producer.send(
                 topic,
@@ -94,22 +93,22 @@ async def export(
         ]
         # Every hash to export: its record kind, its key, and the key prefix of its records.
         hashes: list[tuple[bytes, bytes, str]] = []
-        for key, rest in (await _keys_under(readmodel, "e")).items():  # <collection>:<bucket>
-            hashes.append((b"entity", key, rest.rsplit(":", 1)[0]))
+        async for key in redis.scan_iter(match=keys.buckets(), count=1000):
+            collection, _ = keys.parse_bucket(key)
+            hashes.append((b"entity", key, collection))
         lookups: dict[str, set[str]] = {}
-        lookup_hashes = await _keys_under(readmodel, "lk")  # rest: <collection>:<lookup>:<bucket>
-        for key, rest in lookup_hashes.items():
-            hashes.append((b"lookup", key, rest))
-            collection, lookup = rest.rsplit(":", 1)[0].split(":", 1)
+        async for key in redis.scan_iter(match=keys.lookup_buckets(), count=1000):
+            collection, lookup, bucket = keys.parse_lookup_bucket(key)
+            hashes.append((b"lookup", key, f"{collection}:{lookup}:{bucket}"))
             lookups.setdefault(collection, set()).add(lookup)
-        keys = [key for _, key, _ in hashes]
-        total = await readmodel.fields_in(keys)
+        names = [key for _, key, _ in hashes]
+        total = await fields_in(redis, names)
         exported: Counter[bytes] = Counter()
         # Each hash's fields go to one partition, one after the other (the hashes take turns), in
         # batches built here: a load then writes a batch's fields of a hash in one HSET, and the
         # producer hashes no key and makes no future per record.
         filling: dict[int, Any] = {}  # partition -> its aiokafka BatchBuilder being filled
-        async for n, fields in _pages(redis, keys):
+        async for n, fields in _pages(redis, names):
             kind, _, prefix = hashes[n]
             partition = tps[n % len(tps)].partition
             batch = filling.get(partition) or producer.create_batch()
@@ -124,7 +123,7 @@ async def export(
             if len(sent) >= 50:
                 await asyncio.gather(*sent)
                 sent = []
-                await redis.expire(readmodel.freeze_key, FREEZE_TTL_S)
+                await keep_frozen()
                 if progress:
                     progress(exported.total(), total)
         for partition, batch in filling.items():
@@ -143,20 +142,8 @@ async def export(
         )
         if progress:
             progress(total, total)
-    finally:
-        if await redis.get(readmodel.freeze_key) == export_id.encode():
-            await redis.delete(readmodel.freeze_key)
     await _delete_before(settings, before)
     return Summary(export_id, exported[b"entity"], len(positions), exported[b"lookup"])
-
-
-async def _keys_under(readmodel: ReadModel, part: str) -> dict[bytes, str]:
-    """The version's keys under `part` (readmodel.py): key -> the rest of the key after it."""
-    prefix = readmodel.versioned(part, "")
-    return {
-        key: key.decode()[len(prefix) :]
-        async for key in readmodel.redis.scan_iter(match=prefix + "*", count=1000)
-    }
 
 
 async def _pages(redis: Redis, keys: list[bytes]) -> AsyncIterator[tuple[int, dict[bytes, bytes]]]:
@@ -176,14 +163,11 @@ async def _pages(redis: Redis, keys: list[bytes]) -> AsyncIterator[tuple[int, di
                 yield n, fields
 
 
-async def _positions(readmodel: ReadModel) -> dict[TopicPartition, int]:
-    keys = await _keys_under(readmodel, "pos")  # rest: <topic>:<partition>
-    values = cast(list[bytes], await readmodel.redis.mget(list(keys))) if keys else []
-    positions = {}
-    for rest, value in zip(keys.values(), values, strict=True):
-        topic, partition = rest.rsplit(":", 1)
-        positions[TopicPartition(topic, int(partition))] = int(value)
-    return positions
+async def _positions(redis: Redis, keys: Keyspace) -> dict[TopicPartition, int]:
+    """Every position the version stores."""
+    found = [key async for key in redis.scan_iter(match=keys.positions, count=1000)]
+    values = cast(list[bytes], await redis.mget(found)) if found else []
+    return {keys.parse_position(key): int(value) for key, value in zip(found, values, strict=True)}
 
 
 async def _end_offsets(
@@ -251,17 +235,17 @@ async def load(
         log.info("no complete snapshot on %s: starting from the upstream topics alone", topic)
         return Summary(None, 0, 0)
     export_id = last["export"]
-    read = _Reader(readmodel, collections, last)
+    read = _Reader(readmodel.keys, collections, last)
 
     async def resume() -> dict[TopicPartition, int | None]:
         """Seek to where the load got to; returns the positions stored (None: not begun)."""
-        stored = await readmodel.positions(tps)
+        stored = await readmodel.batches.positions(tps)
         await seek(consumer, {tp: max(begin[tp], stored[tp] or 0) for tp in tps})
         return stored
 
     stored = await resume()
     if all(offset is None for offset in stored.values()):
-        await readmodel.drop_entities(collections)  # a fresh load: nothing may be there before it
+        await readmodel.versions.drop_entities(collections)  # a fresh load: nothing there before
     total = sum([end[tp] - await consumer.position(tp) for tp in tps])
     done = entities = positions = lookup_entries = 0
     last_report = time.monotonic()
@@ -287,7 +271,7 @@ async def load(
             if not batch.new:
                 continue
             committing = asyncio.create_task(
-                readmodel.write(
+                readmodel.batches.write(
                     {tp: stored[tp] for tp in batch.new},
                     {**batch.upstream, **batch.new},
                     writes,
@@ -320,7 +304,7 @@ class _Reader:
     """
 
     def __init__(
-        self, readmodel: ReadModel, collections: Mapping[str, Collection[Any]], end: dict[str, Any]
+        self, keys: Keyspace, collections: Mapping[str, Collection[Any]], end: dict[str, Any]
     ) -> None:
         self._export = end["export"].encode()
         exported = end.get("lookups", {})
@@ -331,11 +315,11 @@ class _Reader:
             if set(exported.get(name, ())) == collections[name].lookups.keys()
         }
         self._unindexed = indexed - self._as_exported
+        self._keys = keys
         self._buckets = {  # per collection, the key of each of its buckets
-            name: [readmodel.bucket_key(name, bucket) for bucket in range(BUCKETS)]
-            for name in collections
+            name: [keys.bucket(name, bucket) for bucket in range(BUCKETS)] for name in collections
         }
-        self._lookups = readmodel.versioned("lk", "")  # + <collection>:<lookup>:<bucket>
+        self._lookups: dict[str, str] = {}  # `<collection>:<lookup>:<bucket>` -> its key
 
     def __call__(self, batches: Mapping[TopicPartition, list[Record]]) -> _Batch:
         batch = _Batch()
@@ -355,12 +339,19 @@ class _Reader:
                 elif kind == b"lookup":
                     hashed, entry = record.key.decode().rsplit(":", 1)
                     if hashed.split(":", 1)[0] in self._as_exported:
-                        batch.hashes.setdefault(self._lookups + hashed, {})[entry] = record.value
+                        key = self._lookups.get(hashed) or self._lookup_key(hashed)
+                        batch.hashes.setdefault(key, {})[entry] = record.value
                         batch.lookup_entries += 1
                 elif kind == b"position":
                     topic_name, partition = record.key.decode().rsplit(":", 1)
                     batch.upstream[TopicPartition(topic_name, int(partition))] = int(record.value)
         return batch
+
+    def _lookup_key(self, hashed: str) -> str:
+        collection, rest = hashed.split(":", 1)
+        lookup, bucket = rest.rsplit(":", 1)
+        key = self._lookups[hashed] = self._keys.lookup_bucket(collection, lookup, int(bucket))
+        return key
 
     def _entity(self, batch: _Batch, raw_key: bytes, value: bytes) -> None:
         prefix, _, raw = raw_key.partition(b":")  # <collection>:<entity key>

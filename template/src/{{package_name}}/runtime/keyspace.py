@@ -1,0 +1,147 @@
+"""Every Redis key this service uses: formatted and parsed here, and nowhere else.
+
+All keys share the hash tag `{<prefix>}`, so one script may touch any of them, also on Redis
+Cluster, where they all live in one slot. LAYOUT lists them (docs/design.md shows the same table).
+
+Entities live in BUCKETS hashes per collection (bucket = crc32(key) % BUCKETS), not a key each: a
+small hash is stored as one compact listpack, where a key per entity costs ~100 bytes of overhead on
+top of its JSON. For the compact encoding, Redis' `hash-max-listpack-value` must exceed the largest
+entity JSON and `hash-max-listpack-entries` the entities per bucket (scripts/redis.sh and
+compose.yaml set 1024 and 512; without them it is still correct, only larger).
+
+Lookups are stored by a hash of the value, not the value: crc32 picks the bucket and the rest of
+it is the field, a small integer that a listpack stores in 5 bytes. The entity key is stored as
+it is, or a JSON list of keys when several share the field (commit.py writes them).
+
+This layout is stored data: changing a key, or what a value holds, needs a new read-model version
+(a rebuild) or a migration, and an upgrade test.
+"""
+
+import zlib
+from typing import Any
+
+from aiokafka import TopicPartition
+
+# Fixed for a layout: 1024 buckets of up to 512 entities keep 500k entities per collection compact;
+# beyond that the buckets become hash tables: still correct, less compact.
+BUCKETS = 1024
+
+Slot = tuple[str, str]  # a hash and a field of it
+
+
+def bucket_of(key: str | bytes) -> int:
+    return zlib.crc32(key.encode() if isinstance(key, str) else key) % BUCKETS
+
+
+class Keyspace:
+    """The keys of one service (`prefix`), those of the read model at `version`. The version moves
+    when the read model this keyspace serves follows a swap (versions.py)."""
+
+    def __init__(self, prefix: str, version: int = 1) -> None:
+        self.prefix = prefix
+        self._tag = tag = "{" + prefix + "}:"
+        self.version = version
+        self.pointer = tag + "version"  # the live version's number, which a rebuild swaps
+        self.freeze = tag + "freeze"
+        self.rebuilding = tag + "rebuilding"
+        self.rebuild_progress = tag + "rebuild"
+        self.commands_done = tag + "commands:done"
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    @version.setter
+    def version(self, version: int) -> None:
+        self._version = version
+        self._versioned = versioned = f"{self._tag}v{version}:"  # built once: keys are per entity
+        self.bootstrap = versioned + "bootstrap"
+        self.everything = versioned + "*"  # a SCAN pattern: every key of this version
+        self.positions = versioned + "pos:*"
+
+    def at(self, version: int) -> "Keyspace":
+        return Keyspace(self.prefix, version)
+
+    # ---------------------------------------------------------------- outside any version
+    def command(self, command_id: str) -> str:
+        return f"{self._tag}cmd:{command_id}"
+
+    def handled(self, command_id: str) -> str:
+        return f"{self._tag}handled:{command_id}"
+
+    # ---------------------------------------------------------------- this version
+    def position(self, tp: TopicPartition) -> str:
+        return f"{self._versioned}pos:{tp.topic}:{tp.partition}"
+
+    def bucket(self, collection: str, bucket: int) -> str:
+        return f"{self._versioned}e:{collection}:{bucket}"
+
+    def entity(self, collection: str, key: str) -> Slot:
+        """The hash an entity lives in, and its field there. (Inlined: a batch asks for a slot per
+        entity it reads and writes.)"""
+        return f"{self._versioned}e:{collection}:{zlib.crc32(key.encode()) % BUCKETS}", key
+
+    def lookup_bucket(self, collection: str, lookup: str, bucket: int) -> str:
+        return f"{self._versioned}lk:{collection}:{lookup}:{bucket}"
+
+    def lookup(self, collection: str, lookup: str, value: str) -> Slot:
+        """The hash a lookup value lives in, and its field there."""
+        digest = zlib.crc32(value.encode())
+        return self.lookup_bucket(collection, lookup, digest % BUCKETS), str(digest // BUCKETS)
+
+    # ---------------------------------------------------------------- patterns, and parsing
+    def buckets(self, collection: str = "*") -> str:
+        """A SCAN pattern: the entity buckets of `collection` (default: of every collection)."""
+        return f"{self._versioned}e:{collection}:*"
+
+    def lookup_buckets(self, collection: str = "*", lookup: str = "*") -> str:
+        return f"{self._versioned}lk:{collection}:{lookup}:*"
+
+    def parse_bucket(self, key: str | bytes) -> tuple[str, int]:
+        """(collection, bucket) of an entity bucket of this version."""
+        collection, bucket = self._rest(key, "e:").rsplit(":", 1)
+        return collection, int(bucket)
+
+    def parse_lookup_bucket(self, key: str | bytes) -> tuple[str, str, int]:
+        """(collection, lookup, bucket) of a lookup bucket of this version."""
+        collection, rest = self._rest(key, "lk:").split(":", 1)
+        lookup, bucket = rest.rsplit(":", 1)
+        return collection, lookup, int(bucket)
+
+    def parse_position(self, key: str | bytes) -> TopicPartition:
+        topic, partition = self._rest(key, "pos:").rsplit(":", 1)
+        return TopicPartition(topic, int(partition))
+
+    def _rest(self, key: str | bytes, part: str) -> str:
+        text = key.decode() if isinstance(key, bytes) else key
+        head = self._versioned + part
+        if not text.startswith(head):
+            raise ValueError(f"{text!r} is not a key under {head!r}")
+        return text[len(head) :]
+
+
+def layout() -> list[tuple[str, str]]:
+    """Every key as this keyspace formats it, with placeholders for its parts, and what it holds."""
+    keys = Keyspace("<prefix>")
+    keys.version = "<n>"  # type: ignore[assignment]  # a placeholder, as are those below
+    bucket: Any = "<bucket>"
+    partition: Any = "<partition>"
+    return [
+        (keys.pointer, "the live version: what queries read (a rebuild swaps it)"),
+        (keys.freeze, "present while a snapshot export reads the model: commits wait"),
+        (keys.rebuilding, "held by a running rebuild: the version it writes"),
+        (keys.rebuild_progress, "hash: a running rebuild's records done and total"),
+        (keys.command("<command id>"), "hash: the status of a command this service sent"),
+        (keys.handled("<command id>"), "a command this service handled (not handled again)"),
+        (keys.commands_done, "pub/sub channel: the id of each command completed"),
+        (keys.bucket("<collection>", bucket), "hash: entity key -> entity JSON"),
+        (
+            keys.lookup_bucket("<collection>", "<lookup>", bucket),
+            "hash: value hash -> entity key, or a JSON list of keys",
+        ),
+        (
+            keys.position(TopicPartition("<topic>", partition)),
+            "the next offset to apply from that partition",
+        ),
+        (keys.bootstrap, "`pending` until the version's bootstrap is done, then `done`"),
+    ]

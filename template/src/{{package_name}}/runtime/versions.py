@@ -1,0 +1,106 @@
+"""Versions of the read model: which one is live, and the life of each.
+
+A version is created waiting for its bootstrap, loaded, then served; a rebuild writes the next one
+while the live one serves, swaps the pointer, and drops the old one. While a snapshot export reads
+the live version whole, it holds the freeze: batch commits wait (commit.py checks it), queries go
+on.
+"""
+
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from redis.asyncio import Redis
+
+from .keyspace import BUCKETS, Keyspace
+from .projection import Collection
+
+
+class ReadModelLostError(Exception):
+    """The read model is gone from Redis (restarted without persistence, or flushed), or another
+    instance found it gone and is bootstrapping it again: it must be bootstrapped before use."""
+
+
+_INITIALISE = """
+if redis.call('SET', KEYS[1], '1', 'NX') then
+  redis.call('SET', KEYS[2], 'pending')
+  return 1
+end
+return 0
+"""
+
+
+class Versions:
+    """The versions of the read model whose keys are `keys`; `refresh()` moves `keys` to the live
+    one, and with it every view that shares them (queries, batch commits)."""
+
+    def __init__(self, redis: Redis, keys: Keyspace) -> None:
+        self.redis = redis
+        self.keys = keys
+
+    async def initialise(self) -> bool:
+        """Point at version 1, marked as waiting for its bootstrap, if nothing does yet (both at
+        once, so a second instance never sees one without the other); True when brand new."""
+        first = self.keys.at(1)
+        created = bool(await self.redis.eval(_INITIALISE, 2, first.pointer, first.bootstrap))
+        await self.refresh()
+        return created
+
+    async def awaits_bootstrap(self) -> bool:
+        return await self.redis.get(self.keys.bootstrap) == b"pending"
+
+    async def bootstrapped(self) -> None:
+        await self.redis.set(self.keys.bootstrap, "done")
+
+    async def refresh(self) -> bool:
+        """Follow the version pointer; True when it moved. Raises ReadModelLostError when there is
+        no pointer (call initialise() first)."""
+        current = await self.redis.get(self.keys.pointer)
+        if current is None:
+            raise ReadModelLostError(f"no read model version at {self.keys.pointer}")
+        version = int(current)
+        moved, self.keys.version = version != self.keys.version, version
+        return moved
+
+    async def swap(self, version: int) -> None:
+        """Make `version` the live one: instances follow within a second, projectors at their next
+        batch (their commits check the pointer)."""
+        await self.redis.set(self.keys.pointer, version)
+
+    async def drop(self) -> int:
+        """Delete every key of this version; returns how many. (A version has a few thousand
+        keys, whatever its entities: they live in buckets.)"""
+        keys = [key async for key in self.redis.scan_iter(match=self.keys.everything, count=1000)]
+        return await self._unlink(keys)
+
+    async def drop_entities(self, collections: Mapping[str, Collection[Any]]) -> int:
+        """Delete the entities and lookups of `collections` in this version (not its positions or
+        markers). Their keys are known, so no SCAN walks the whole keyspace."""
+        keys = []
+        for name, collection in collections.items():
+            keys += [self.keys.bucket(name, bucket) for bucket in range(BUCKETS)]
+            for lookup in collection.lookups:
+                keys += [self.keys.lookup_bucket(name, lookup, b) for b in range(BUCKETS)]
+        return await self._unlink(keys)
+
+    async def _unlink(self, keys: Sequence[str | bytes]) -> int:
+        deleted = 0
+        for start in range(0, len(keys), 1000):  # bounded commands
+            deleted += await self.redis.unlink(*keys[start : start + 1000])
+        return deleted
+
+    @asynccontextmanager
+    async def frozen(self, ttl_s: int) -> AsyncIterator[Callable[[], Awaitable[Any]]]:
+        """Hold the freeze for the block, refreshed to the live version; yields what extends it by
+        another `ttl_s` (it lapses by itself if this process dies). Raises RuntimeError while
+        another holds it."""
+        holder = uuid.uuid4().hex
+        if not await self.redis.set(self.keys.freeze, holder, nx=True, ex=ttl_s):
+            raise RuntimeError("another snapshot export is running (its freeze is held)")
+        try:
+            await self.refresh()
+            yield lambda: self.redis.expire(self.keys.freeze, ttl_s)
+        finally:
+            if await self.redis.get(self.keys.freeze) == holder.encode():
+                await self.redis.delete(self.keys.freeze)
