@@ -4,8 +4,10 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+import orjson
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
 from fastapi_offline import FastAPIOffline
 from redis.exceptions import RedisError
 
@@ -14,6 +16,7 @@ from .handlers import HANDLERS
 from .projections import REGISTRY
 from .runtime import asyncapi, health, metrics, service, status
 from .runtime.commands import OutgoingCommand
+from .runtime.guard import RequestGuard
 from .runtime.handling import Handlers
 from .runtime.instruments import Instruments
 from .runtime.projection import Registry
@@ -47,14 +50,20 @@ def create_app(
     app = FastAPIOffline(
         title=settings.service_name,
         lifespan=lifespan,
-        # FastAPI answers 400 itself to a body it cannot parse (and _bad_cursor to a bad cursor).
-        responses={400: {"description": "Malformed request"}},
+        responses={
+            413: {"description": "Body over MAX_REQUEST_BYTES"},
+            414: {"description": "URL too long"},
+            503: {"description": "The read model (Redis) is unavailable; retry later"},
+        },
         # Swagger UI would send the OpenAPI document to an online validator for its badge.
         swagger_ui_parameters={"validatorUrl": None},
     )
-    app.add_middleware(HttpTelemetry, instruments=instruments)
+    app.add_middleware(RequestGuard, max_body_bytes=settings.max_request_bytes)
+    app.add_middleware(HttpTelemetry, instruments=instruments)  # outermost: counts refusals too
     app.add_exception_handler(RedisError, _read_model_unavailable)
+    app.add_exception_handler(TimeoutError, _read_model_unavailable)  # no free connection in time
     app.add_exception_handler(InvalidCursorError, _bad_cursor)
+    app.add_exception_handler(RequestValidationError, _invalid_request)
     for router in api.ROUTERS:  # first: routes are matched in order, and queries are most
         app.include_router(router)
     app.include_router(health.router)
@@ -80,9 +89,31 @@ def contracts_document(
 
 
 async def _read_model_unavailable(request: Request, exc: Exception) -> JSONResponse:
-    """Redis is the only source of answers: without it, say so rather than fail obscurely."""
-    return JSONResponse({"detail": f"read model unavailable: {exc}"}, status_code=503)
+    """Redis is the only source of answers: without it, say so rather than fail obscurely (the
+    error's class, not its text, which names Redis' address)."""
+    detail = f"read model unavailable ({type(exc).__name__}); retry later"
+    return JSONResponse({"detail": detail}, status_code=503, headers={"retry-after": "1"})
 
 
 async def _bad_cursor(request: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse({"detail": str(exc)}, status_code=400)
+    detail = [{"type": "cursor", "loc": ["query", "after"], "msg": str(exc)[:200]}]
+    return JSONResponse({"detail": detail}, status_code=422)
+
+
+# A refused value is echoed back only when short: a 422 must not hand a megabyte back.
+_ECHO_BYTES = 100
+
+
+async def _invalid_request(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    detail = []
+    for error in exc.errors():
+        shown = {"type": error["type"], "loc": list(error["loc"]), "msg": error["msg"]}
+        try:
+            echo = orjson.dumps(error.get("input"), default=repr)
+        except TypeError:  # e.g. a string with an unpaired surrogate: nothing to echo
+            echo = b""
+        if 0 < len(echo) <= _ECHO_BYTES:
+            shown["input"] = orjson.Fragment(echo)
+        detail.append(shown)
+    return Response(orjson.dumps({"detail": detail}), 422, media_type="application/json")

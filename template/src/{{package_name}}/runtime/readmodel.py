@@ -153,11 +153,14 @@ async def fields_in(redis: Redis, hashes: Sequence[str | bytes]) -> int:
 
 
 def _cursor(after: str) -> tuple[int, str]:
+    """A cursor's bucket and key, exactly as `page` writes them: anything else is refused, rather
+    than read as some other position (`000001:` once gave an empty page)."""
     bucket, colon, key = after.partition(":")
-    if not bucket.isascii() or not bucket.isdigit() or not colon:
-        raise InvalidCursorError(f"not a cursor this service handed out: {after!r}")
-    number = int(bucket) if len(bucket) < 6 else BUCKETS
-    return min(number, BUCKETS), key  # past the last bucket: the end
+    canonical = bucket.isascii() and bucket.isdigit() and str(int(bucket)) == bucket
+    if not colon or not key or not canonical or int(bucket) >= BUCKETS:
+        shown = after if len(after) <= 64 else f"{after[:64]}..."
+        raise InvalidCursorError(f"not a cursor this service handed out: {shown!r}")
+    return int(bucket), key
 
 
 def _name(collection: Collection[Any] | str) -> str:
@@ -168,11 +171,19 @@ class ReadModel:
     """One view of the read model in Redis: `live` follows the version pointer; one that is not
     is the version a rebuild writes."""
 
-    def __init__(self, redis: Redis, prefix: str, *, version: int = 1, live: bool = True) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        prefix: str,
+        *,
+        version: int = 1,
+        live: bool = True,
+        queries_redis: Redis | None = None,
+    ) -> None:
         self.redis = redis
         self.keys = Keyspace(prefix, version)
         self.live = live
-        self.queries = Queries(redis, self.keys)
+        self.queries = Queries(queries_redis or redis, self.keys)  # routes read on their own pool
         self.batches = Batches(redis, self.keys, live=live)
         self.versions = Versions(redis, self.keys)
 

@@ -1,12 +1,16 @@
 """The Redis client, with hiredis packing commands: redis-py's asyncio client packs them in Python,
 which costs more than anything else in a projector's batch of a few thousand arguments. And a read
-of many hash fields in one round trip, for queries and batches alike."""
+of many hash fields in one round trip, for queries and batches alike.
+
+Its pool waits for a free connection, up to a bound, where redis-py's default pool fails the
+command at once ("Too many connections"): under load a query queues briefly instead of failing.
+"""
 
 from collections.abc import Sequence
 from typing import Any, cast
 
 import hiredis
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.connection import Connection, SSLConnection
 
 from .settings import ServiceSettings
@@ -30,11 +34,21 @@ class HiredisSSLConnection(_HiredisPacking, SSLConnection):
     pass
 
 
-def redis_client(url: str, **options: Any) -> Redis:
-    """A client for `url` (redis:// or rediss://) that packs commands with hiredis."""
+def redis_client(
+    url: str, *, max_connections: int = 50, wait_s: float | None = None, **options: Any
+) -> Redis:
+    """A client for `url` (redis:// or rediss://) that packs commands with hiredis, from a pool of
+    `max_connections` that waits up to `wait_s` (None: as long as it takes) for a free one."""
     secure = url.startswith("rediss://")
     connection_class = HiredisSSLConnection if secure else HiredisConnection
-    return Redis.from_url(url, connection_class=connection_class, **options)
+    pool = BlockingConnectionPool.from_url(
+        url,
+        connection_class=connection_class,
+        max_connections=max_connections,
+        timeout=wait_s,
+        **options,
+    )
+    return Redis.from_pool(pool)
 
 
 # The HGET of each hash KEYS[i] at its field ARGV[i].

@@ -25,12 +25,13 @@ from .errors import StartupError
 from .handling import CommandWorker, Handlers
 from .instruments import Instruments
 from .kafka import new_consumer, new_producer, start_client
+from .keyspace import Keyspace
 from .progress import Progress
 from .projection import Registry
 from .projector import Projector
 from .readmodel import Queries, ReadModel
 from .redis import redis_client, tls_options
-from .settings import ServiceSettings
+from .settings import TOPIC_PREFIX, ServiceSettings
 from .versions import ReadModelLostError
 
 log = logging.getLogger(__name__)
@@ -102,8 +103,21 @@ class Service:
         return ready, body
 
 
-async def connect_redis(settings: ServiceSettings) -> Redis:
-    redis = redis_client(str(settings.redis_url), health_check_interval=30, **tls_options(settings))
+async def connect_redis(settings: ServiceSettings, *, for_http: bool = False) -> Redis:
+    """A checked client. HTTP gets a pool of its own (REDIS_HTTP_CONNECTIONS), so a burst of
+    queries never takes the connections the consumers commit with; its commands and its wait for
+    a free connection are bounded by REDIS_TIMEOUT_S, so a query answers 503 soon when Redis is
+    away. The consumers' commands are not bounded: a batch's commit may take long, and must end."""
+    bounded = {"socket_timeout": settings.redis_timeout_s} if for_http else {}
+    redis = redis_client(
+        str(settings.redis_url),
+        max_connections=settings.redis_http_connections if for_http else 20,
+        wait_s=settings.redis_timeout_s,
+        health_check_interval=30,
+        socket_connect_timeout=settings.redis_timeout_s,
+        **bounded,
+        **tls_options(settings),
+    )
     try:
         async with asyncio.timeout(REDIS_PING_TIMEOUT_S * 5):
             await redis.ping()
@@ -131,6 +145,29 @@ def _redis_hint(settings: ServiceSettings, exc: Exception) -> str:
     return ""
 
 
+async def key_prefix(redis: Redis, settings: ServiceSettings) -> str:
+    """REDIS_KEY_PREFIX; unset, TOPIC_PREFIX, unless this deployment's read model is still where
+    releases before this one kept it when only TOPIC_PREFIX was set: under the generated prefix.
+    Then it stays there (a warning says how to keep it so), rather than start again empty."""
+    derived = settings.redis_key_prefix
+    if not settings._key_prefix_derived or derived == TOPIC_PREFIX:
+        return derived
+    if await redis.exists(Keyspace(derived).pointer) or not await redis.exists(
+        Keyspace(TOPIC_PREFIX).pointer
+    ):
+        return derived
+    log.warning(
+        "the read model is under the generated Redis key prefix %r, not under TOPIC_PREFIX %r,"
+        " which REDIS_KEY_PREFIX now follows when unset: using %r; set REDIS_KEY_PREFIX=%s to keep"
+        " it there (this fallback goes in the next release)",
+        TOPIC_PREFIX,
+        derived,
+        TOPIC_PREFIX,
+        TOPIC_PREFIX,
+    )
+    return TOPIC_PREFIX
+
+
 @asynccontextmanager
 async def running(
     settings: ServiceSettings,
@@ -145,7 +182,12 @@ async def running(
     async with AsyncExitStack() as stack:
         redis = await connect_redis(settings)
         stack.push_async_callback(redis.aclose)
-        readmodel = ReadModel(redis, settings.redis_key_prefix)
+        settings = settings.model_copy(
+            update={"redis_key_prefix": await key_prefix(redis, settings)}
+        )
+        http_redis = await connect_redis(settings, for_http=True)
+        stack.push_async_callback(http_redis.aclose)
+        readmodel = ReadModel(redis, settings.redis_key_prefix, queries_redis=http_redis)
         await readmodel.versions.initialise()  # a brand-new one waits for its bootstrap
 
         producer = new_producer(settings)

@@ -16,6 +16,8 @@ from . import tracing
 from .instruments import Instruments
 
 _TRACE_HEADERS = frozenset(name.encode() for name in tracing.HEADERS)
+# Label values come from these sets only, so no request can make a new metric series.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class HttpTelemetry:
@@ -49,7 +51,8 @@ class HttpTelemetry:
             if token is not None:
                 context.detach(token)
             route: Any = scope.get("route")  # set by the router once it matched one
-            self._count(scope["method"], getattr(route, "path", "unmatched"), status, elapsed)
+            method = scope["method"] if scope["method"] in _METHODS else "other"
+            self._count(method, getattr(route, "path", "unmatched"), status, elapsed)
 
     def _count(self, method: str, template: str, status: int, elapsed: float) -> None:
         counter = self._counters.get((method, template, status))
