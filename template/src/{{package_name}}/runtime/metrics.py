@@ -40,7 +40,24 @@ class ServiceCollector(Collector):
             "Times the read model was found gone from Redis and bootstrapped again",
             service.recoveries,
         )
+        restarts = CounterMetricFamily(
+            "bff_loop_restarts", "Times a loop raised and was restarted", labels=["loop"]
+        )
+        for loop, count in service.loops.restarts.items():
+            restarts.add_metric([loop], count)
+        yield restarts
         if service.projector is not None:
+            freshness = service.freshness
+            yield GaugeMetricFamily(
+                "bff_projector_stalled",
+                "1 while records wait and no batch has committed for STALL_AFTER_S",
+                int(freshness.stalled is not None),
+            )
+            yield GaugeMetricFamily(
+                "bff_read_model_age_seconds",
+                "How long ago the read model last had nothing left to apply (0: current)",
+                freshness.age_s(),
+            )
             lag = GaugeMetricFamily(
                 "bff_consumer_lag", "Records behind, per partition", labels=["partition"]
             )

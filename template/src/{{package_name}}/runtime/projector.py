@@ -38,6 +38,8 @@ from .versions import ReadModelLostError
 
 log = logging.getLogger(__name__)
 
+FAILED_BATCH_MAX_WAIT_S = 30.0  # the longest wait between tries of a batch that keeps failing
+
 Work = list[tuple[Record, list[Change]]]  # a batch's records, each with the changes it makes
 
 
@@ -75,6 +77,8 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
         self.assigned_once = asyncio.Event()
         self.applied = 0
         self.dead_lettered = 0
+        self.committed_at = time.monotonic()  # the last batch committed (or the start)
+        self.failing: str | None = None  # why the last batch failed, until one commits
 
     # ------------------------------------------------------------------ rebalance listener
     async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
@@ -131,6 +135,7 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
             async with self._batch_lock:
                 await self._seek_to_stored(list(self._positions))
         start = sum(self._positions.get(tp) or 0 for tp in until or {})
+        failures = 0
         while not self._stopping.is_set():
             if self._lost is not None:
                 raise self._lost
@@ -150,12 +155,18 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
                 async with self._batch_lock:
                     committed = await self._apply(batches)
             except (RedisError, KafkaError) as exc:
-                # Nothing of the batch was committed: wait, then read it again from Redis positions
-                log.warning("batch failed, retrying from the stored positions: %r", exc)
-                await asyncio.sleep(1.0)
+                # Nothing of the batch was committed: wait, then read it again from Redis
+                # positions; the wait grows while it keeps failing, and the first failure of a
+                # run of them is logged at WARNING (the watchdog reports a stall it causes).
+                failures += 1
+                if self.failing is None:
+                    log.warning("batch failed, retrying from the stored positions: %r", exc)
+                self.failing = f"batch failed: {type(exc).__name__}: {exc}"[:300]
+                await asyncio.sleep(min(FAILED_BATCH_MAX_WAIT_S, 0.25 * 2**failures))
                 async with self._batch_lock:
                     await self._seek_to_stored(list(self._positions))
                 continue
+            failures, self.failing = 0, None
             # Outside the lock: a commit waits for a rebalance, which waits for the lock.
             await self._commit_to_kafka(committed)
 
@@ -230,6 +241,7 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
             await self._seek_to_stored(list(expected))
             return {}
         self._positions.update(new)
+        self.committed_at = time.monotonic()
         self.applied += len(work)
         self.dead_lettered += len(letters)
         instruments = self._instruments

@@ -3,7 +3,7 @@
 import asyncio
 import gc
 import logging
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -32,6 +32,7 @@ from .projector import Projector
 from .readmodel import Queries, ReadModel
 from .redis import redis_client, tls_options
 from .settings import TOPIC_PREFIX, ServiceSettings
+from .supervision import Freshness, Loops
 from .versions import ReadModelLostError
 
 log = logging.getLogger(__name__)
@@ -64,9 +65,13 @@ class Service:
     recoveries: int = 0  # times the read model was found gone from Redis and bootstrapped again
     rebuild: dict[str, int] = field(default_factory=dict)  # a running rebuild's done/total
     queries: Queries = field(init=False)  # the read-only view routes and handlers get
+    loops: Loops = field(default_factory=Loops)
+    freshness: Freshness = field(init=False)
+    subscribed: bool = False  # the projector's consumer, once the bootstrap is done
 
     def __post_init__(self) -> None:
         self.queries = self.readmodel.queries
+        self.freshness = Freshness(self.settings.stall_after_s)
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Whether to send this instance traffic, with the state of each component.
@@ -89,17 +94,25 @@ class Service:
                 checks["projector"] = "waiting for partition assignment"
             elif any(n is None or n > self.settings.ready_max_lag for n in lag.values()):
                 checks["projector"] = f"catching up (READY_MAX_LAG={self.settings.ready_max_lag})"
-        for task in self.tasks:  # a loop that died (they only end on shutdown otherwise)
-            if task.done() and (task.cancelled() or task.exception() is not None):
-                checks[task.get_name()] = "stopped"
+        for name, reason in self.loops.given_up.items():  # liveness fails too
+            checks[name] = f"given up: {reason}"
+        bound = self.settings.ready_max_staleness_s
+        if bound and self.caught_up and self.freshness.age_s() > bound:
+            checks["projector"] = (
+                f"stale: {self.freshness.age_s():.0f}s behind (READY_MAX_STALENESS_S={bound:g})"
+            )
         ready = all(state == "ok" for state in checks.values())
         self.caught_up = self.caught_up or ready
-        body = {
+        body: dict[str, Any] = {
             "status": "ready" if ready else "not ready",
             "checks": checks,
             "bootstrap": self.bootstrap.as_dict(),
             "lag": lag,
         }
+        if self.projector is not None:
+            body["stale"] = self.freshness.report(self.projector)
+        if self.loops.failing:
+            body["restarted"] = dict(self.loops.failing)  # each loop's last failure
         return ready, body
 
 
@@ -248,19 +261,20 @@ async def running(
         stack.push_async_callback(_finish, service.tasks)
         stack.callback(stopping.set)
 
-        def keep(name: str, work: Coroutine[Any, Any, None]) -> None:
-            task = asyncio.create_task(work, name=name)
-            task.add_done_callback(_report_crash)
+        def keep(name: str, loop: Callable[[], Awaitable[None]]) -> None:
+            """Run `loop` as a task, restarted when it raises (supervision.py)."""
+            task = asyncio.create_task(service.loops.run(name, loop, stopping), name=name)
             service.tasks.append(task)
 
         if projector is not None:
             stack.callback(projector.stop)
             service.projector = projector
-        keep("projector", _go_live(settings, registry, service, projector))
-        keep("version", _follow_version(service, stopping))
-        keep("commands", worker.run(stopping))
-        keep("replies", bus.consume_replies(replies, dead_letters, stopping))
-        keep("completions", bus.listen(stopping))
+            keep("watchdog", lambda: service.freshness.watch(projector, stopping))
+        keep("projector", lambda: _go_live(settings, registry, service, projector))
+        keep("version", lambda: _follow_version(service, stopping))
+        keep("commands", lambda: worker.run(stopping))
+        keep("replies", lambda: bus.consume_replies(replies, dead_letters, stopping))
+        keep("completions", lambda: bus.listen(stopping))
         log.info("%s started", settings.service_name)
         yield service
 
@@ -273,17 +287,16 @@ async def _go_live(
 ) -> None:
     """Bootstrap the read model if it waits for it, then project live. Should Redis lose the read
     model (a restart without persistence), not ready again until it is bootstrapped again."""
-    subscribed = False
     while True:
         async for attempt in _retrying("bootstrap"):  # resumes where it failed
             with attempt:
                 await _bootstrap(settings, registry, service)
         if projector is None:
             return
-        if not subscribed:
+        if not service.subscribed:
             projector.consumer.subscribe(registry.topics(settings), listener=projector)
             await start_client(projector.consumer, settings)
-            subscribed = True
+            service.subscribed = True
         try:
             await projector.run()
             return
@@ -345,11 +358,6 @@ async def _follow_version(service: Service, stopping: asyncio.Event) -> None:
             log.debug("version check failed: %r", exc)
         with suppress(TimeoutError):
             await asyncio.wait_for(stopping.wait(), VERSION_POLL_S)
-
-
-def _report_crash(task: "asyncio.Task[None]") -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("%s stopped", task.get_name(), exc_info=task.exception())
 
 
 async def _finish(tasks: list["asyncio.Task[None]"]) -> None:

@@ -1,5 +1,6 @@
-"""HTTP telemetry, as ASGI middleware: requests counted and timed by route template, and the
-caller's trace context (`traceparent`) made current, so the commands a request sends carry it.
+"""HTTP telemetry, as ASGI middleware: requests counted and timed by route template, the caller's
+trace context (`traceparent`) made current, so the commands a request sends carry it, and every
+answer's `Read-Model-Age` (seconds since the read model was last current; supervision.py).
 
 It runs on every query, so it does little: labelled metrics are looked up once per route and
 status, and only the trace headers are decoded.
@@ -32,11 +33,15 @@ class HttpTelemetry:
             await self.app(scope, receive, send)
             return
         status = 500  # unless the app answers
+        service = getattr(scope["app"].state, "service", None)
 
         async def sending(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                if service is not None:  # how old the answer may be, in seconds
+                    age = (b"read-model-age", service.freshness.age_header)
+                    message["headers"] = [*message.get("headers", []), age]
             await send(message)
 
         carried = tracing.context_of(
