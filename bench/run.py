@@ -199,7 +199,7 @@ async def prototype_consume(run: str, topic: str, count: int) -> float:
                     data = event["data"]
                     persona_id = data["persona_id"]
                     if event["type"] == "persona.created.v1":
-                        state = {**data, "renames": 0}
+                        state = {**data, "renames": 0, "pinned": False}
                     elif persona_id in personas:
                         old = personas[persona_id]
                         state = {**old, "name": data["display_name"], "renames": old["renames"] + 1}

@@ -44,7 +44,7 @@ def fold(history: list[Event]) -> dict[str, dict[str, Any]]:
     personas: dict[str, dict[str, Any]] = {}
     for persona_id, event_type, data in history:
         if event_type == "persona.created.v1":
-            personas[persona_id] = {**data, "renames": 0}
+            personas[persona_id] = {**data, "renames": 0, "pinned": False}
         elif event_type.startswith("persona.renamed.") and persona_id in personas:
             name = data.get("display_name", data.get("name"))
             personas[persona_id] = {

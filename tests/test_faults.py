@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from redis import Redis as SyncRedis
 
 from . import personas
 from .conftest import Reliability
@@ -236,6 +237,171 @@ def test_queries_while_projecting_at_full_speed(
         "Queries from 8 clients while projecting at full speed",
         f"{queries:,} queries in {seconds:.0f} s ({queries / seconds:,.0f}/s) while projecting"
         f" {len(history):,} events: {outcomes[200]:,} found, {outcomes[404]:,} not yet, 0 errors",
+    )
+
+
+def test_redis_out_of_memory_is_reported_as_a_stall_and_recovers_without_loss(
+    project: Path, env: Env, kafka: OwnKafka, redis_server: OwnRedis, reliability: Reliability
+) -> None:
+    history = personas.events(seed=6, count=20_000, personas=5000)
+    server = _serve(project, env, STALL_AFTER_S="2", CONSUMER_MAX_BATCH="100")
+    redis = SyncRedis.from_url(redis_server.url)
+    try:
+        until(lambda: server.get("/health/ready").status_code == 200)
+        redis.config_set("maxmemory-policy", "noeviction")
+        # Below what is used: every write is refused, reads still answered.
+        redis.config_set("maxmemory", int(redis.info("memory")["used_memory"]) // 2)
+        personas.publish(kafka.bootstrap, env["UPSTREAM_TOPICS"], history)
+
+        def stalled() -> bool:
+            return bool(server.get("/health/ready").json()["stale"]["stalled"])
+
+        until(stalled, within=120)
+        time.sleep(3)  # a while stalled: still reported once
+        ready = server.get("/health/ready")
+        age = int(ready.headers["read-model-age"])
+        metrics = server.get("/metrics").text
+        redis.config_set("maxmemory", 0)
+        converged = _converges(server, personas.fold(history))
+        moving = server.get("/health/ready").json()["stale"]
+    finally:
+        server.stop()
+        redis.close()
+    said = server.log.read_text()
+    assert ready.status_code == 200  # by default a stale read model keeps being served
+    assert "OutOfMemoryError" in ready.json()["stale"]["reason"]
+    assert ready.json()["stale"]["lag"] > 0
+    assert "bff_projector_stalled 1.0" in metrics
+    assert said.count("projector stalled") == 1, said[-3000:]
+    assert said.count("projector moving again") == 1
+    assert said.count("batch failed, retrying") == 1  # the first failure of the run, not each
+    assert not moving["stalled"]
+    reliability.record(
+        "Redis out of memory (noeviction) while 20,000 events arrive",
+        f"reported once as a stall with the reason (`{ready.json()['stale']['reason'][:60]}...`),"
+        f" readiness kept 200 by policy, Read-Model-Age {age} s; equal to the fold"
+        f" {converged:.0f} s after memory was raised",
+    )
+
+
+def test_queries_under_load_wait_for_a_connection_instead_of_failing(
+    project: Path, env: Env, kafka: OwnKafka, reliability: Reliability
+) -> None:
+    """128 connections against a pool of 16 while projecting: queued, never refused, and
+    readiness does not flap."""
+    history = personas.events(seed=7, count=30_000, personas=5000)
+    personas.publish(kafka.bootstrap, env["UPSTREAM_TOPICS"], history)
+    server = _serve(project, env, REDIS_HTTP_CONNECTIONS="16")
+    until(lambda: server.get("/health/ready").status_code == 200, within=180)
+
+    async def load() -> tuple[Counter[int | str], Counter[int], float]:
+        outcomes: Counter[int | str] = Counter()
+        readiness: Counter[int] = Counter()
+        done = asyncio.Event()
+        limits = httpx.Limits(max_connections=128, max_keepalive_connections=128)
+
+        async def client(http: httpx.AsyncClient, n: int) -> None:
+            while not done.is_set():
+                try:
+                    response = await http.get(f"/personas/p{(n * 7919 + len(outcomes)) % 5000}")
+                    outcomes[response.status_code] += 1
+                except httpx.HTTPError as exc:
+                    outcomes[type(exc).__name__] += 1
+
+        async def probe(http: httpx.AsyncClient) -> None:
+            while not done.is_set():
+                readiness[(await http.get("/health/ready")).status_code] += 1
+                await asyncio.sleep(0.2)
+
+        start = time.monotonic()
+        async with httpx.AsyncClient(base_url=server.url, timeout=60, limits=limits) as http:
+            tasks = [asyncio.create_task(client(http, n)) for n in range(128)]
+            async with httpx.AsyncClient(base_url=server.url, timeout=60) as prober:
+                tasks.append(asyncio.create_task(probe(prober)))
+                await asyncio.sleep(20)
+                done.set()
+                await asyncio.gather(*tasks)
+        return outcomes, readiness, time.monotonic() - start
+
+    try:
+        outcomes, readiness, seconds = asyncio.run(load())
+    finally:
+        server.stop()
+    errors = {outcome: n for outcome, n in outcomes.items() if outcome not in (200, 404)}
+    assert not errors, errors
+    assert set(readiness) == {200}, readiness
+    queries = sum(outcomes.values())
+    reliability.record(
+        "128 concurrent query connections against 16 Redis connections",
+        f"{queries:,} queries in {seconds:.0f} s ({queries / seconds:,.0f}/s): 0 refused (each"
+        f" waited for a connection); readiness 200 in all {readiness[200]} probes",
+    )
+
+
+def test_hostile_requests_get_a_4xx_with_a_reason_and_cost_no_memory(
+    project: Path, env: Env, redis_server: OwnRedis, reliability: Reliability
+) -> None:
+    server = _serve(project, env)
+    until(lambda: server.get("/health/ready").status_code == 200)
+    big = b'{"name": "' + b"x" * (40 * 1024 * 1024) + b'"}'
+    rename = f"{server.url}/personas/p1/rename"
+
+    def rss_kib() -> int:
+        status = Path(f"/proc/{server.process.pid}/status").read_text()
+        return int(status.split("VmRSS:")[1].split()[0])
+
+    async def four_big_bodies() -> list[int]:
+        async with httpx.AsyncClient(timeout=60) as http:
+
+            async def post() -> int:
+                try:
+                    headers = {"content-type": "application/json"}
+                    return (await http.post(rename, content=big, headers=headers)).status_code
+                except httpx.HTTPError:  # the server may close before the whole body is sent
+                    return 413
+
+            return list(await asyncio.gather(*(post() for _ in range(4))))
+
+    try:
+        before = rss_kib()
+        big_statuses = asyncio.run(four_big_bodies())
+        grown = rss_kib() - before
+        json_body = {"content-type": "application/json"}
+        answers = {
+            "NaN": httpx.post(rename, content=b'{"name": NaN}', headers=json_body),
+            "surrogate": httpx.post(rename, content=b'{"name": "\\ud800"}', headers=json_body),
+            "1 MB invalid": httpx.post(rename, json={"name": ["x" * 1_000_000]}),
+            "10 kB id": httpx.get(f"{server.url}/personas/{'p' * 10_000}"),
+            "bad cursor": httpx.get(f"{server.url}/personas", params={"after": "000001:"}),
+        }
+        for method in ("BREW", "PROPFIND", "X-FOO"):
+            httpx.request(method, f"{server.url}/personas/p1")
+        metrics = server.get("/metrics").text
+        redis_server.kill()
+        start = time.monotonic()
+        away = httpx.get(f"{server.url}/personas/p1", timeout=30)
+        away_s = time.monotonic() - start
+    finally:
+        server.stop()
+    assert big_statuses == [413] * 4
+    statuses = {name: response.status_code for name, response in answers.items()}
+    assert statuses == {
+        "NaN": 422,
+        "surrogate": 422,
+        "1 MB invalid": 422,
+        "10 kB id": 414,
+        "bad cursor": 422,
+    }
+    assert all(len(response.content) < 2000 for response in answers.values())
+    assert "PROPFIND" not in metrics and 'method="other"' in metrics
+    assert away.status_code == 503
+    assert redis_server.url.split("//")[1].split("/")[0] not in away.text
+    reliability.record(
+        "Hostile HTTP requests",
+        f"four concurrent 40 MB bodies refused with 413 (the process grew {grown / 1024:.0f} MB);"
+        " NaN, an unpaired surrogate, a 1 MB invalid body and a bad cursor got 422, a 10 kB id"
+        f" 414, every answer under 2 kB; odd methods folded into one metric label; with Redis"
+        f" down a query answered 503 in {away_s:.1f} s without Redis' address",
     )
 
 
