@@ -198,6 +198,18 @@ def test_redis_restarted_empty_is_bootstrapped_again(
     )
 
 
+async def _querying(
+    http: httpx.AsyncClient, n: int, outcomes: Counter[int | str], done: asyncio.Event
+) -> None:
+    """Query personas one after another until `done`, counting each answer (or error)."""
+    while not done.is_set():
+        try:
+            response = await http.get(f"/personas/p{(n * 7919 + len(outcomes)) % 5000}")
+            outcomes[response.status_code] += 1
+        except httpx.HTTPError as exc:
+            outcomes[type(exc).__name__] += 1
+
+
 def test_queries_while_projecting_at_full_speed(
     project: Path, env: Env, kafka: OwnKafka, reliability: Reliability
 ) -> None:
@@ -212,12 +224,7 @@ def test_queries_while_projecting_at_full_speed(
 
         async def client(n: int) -> None:
             async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
-                while not done.is_set():
-                    try:
-                        response = await http.get(f"/personas/p{(n * 7919 + len(outcomes)) % 5000}")
-                        outcomes[response.status_code] += 1
-                    except httpx.HTTPError as exc:
-                        outcomes[type(exc).__name__] += 1
+                await _querying(http, n, outcomes, done)
 
         start = time.monotonic()
         clients = [asyncio.create_task(client(n)) for n in range(8)]
@@ -300,14 +307,6 @@ def test_queries_under_load_wait_for_a_connection_instead_of_failing(
         done = asyncio.Event()
         limits = httpx.Limits(max_connections=128, max_keepalive_connections=128)
 
-        async def client(http: httpx.AsyncClient, n: int) -> None:
-            while not done.is_set():
-                try:
-                    response = await http.get(f"/personas/p{(n * 7919 + len(outcomes)) % 5000}")
-                    outcomes[response.status_code] += 1
-                except httpx.HTTPError as exc:
-                    outcomes[type(exc).__name__] += 1
-
         async def probe(http: httpx.AsyncClient) -> None:
             while not done.is_set():
                 readiness[(await http.get("/health/ready")).status_code] += 1
@@ -315,7 +314,7 @@ def test_queries_under_load_wait_for_a_connection_instead_of_failing(
 
         start = time.monotonic()
         async with httpx.AsyncClient(base_url=server.url, timeout=60, limits=limits) as http:
-            tasks = [asyncio.create_task(client(http, n)) for n in range(128)]
+            tasks = [asyncio.create_task(_querying(http, n, outcomes, done)) for n in range(128)]
             async with httpx.AsyncClient(base_url=server.url, timeout=60) as prober:
                 tasks.append(asyncio.create_task(probe(prober)))
                 await asyncio.sleep(20)
