@@ -441,13 +441,13 @@ async def bootstrap(settings: Any, rounds: int) -> Figure:
     """Rounds of: raw consume of the data topic, then the service's load of it into an empty read
     model; the ratio is the median of the rounds'."""
     from personabff.projections import REGISTRY
-    from personabff.runtime import ops, snapshot
+    from personabff.runtime import jobs, snapshot
     from personabff.runtime.kafka import new_consumer
     from personabff.runtime.readmodel import ReadModel
     from personabff.runtime.redis import redis_client
 
     say("bootstrap: exporting the projected read model as a snapshot")
-    summary = await ops.export_snapshot(settings, settings.data_topic)
+    summary = await jobs.export.export_snapshot(settings, settings.data_topic)
     records = summary.entities + summary.lookup_entries + summary.positions + 1
     raw: list[float] = []
     load: list[float] = []
@@ -484,7 +484,7 @@ async def bootstrap(settings: Any, rounds: int) -> Figure:
 async def saga(run: str, count: int) -> list[Figure]:
     from asgi_lifespan import LifespanManager
     from personabff.app import create_app
-    from personabff.runtime.handling import CommandHandler, Handlers, Outcome
+    from personabff.runtime import CommandHandler, Handlers, Outcome
     from personabff.runtime.kafka import create_topics, own_topics
     from pydantic import BaseModel
 

@@ -130,20 +130,19 @@ def test_update_keeps_user_code_and_brings_template_changes(
         git(
             t,
             "mv",
-            f"{TEMPLATE_PKG}/runtime/status.py",
-            f"{TEMPLATE_PKG}/runtime/command_status.py",
+            f"{TEMPLATE_PKG}/runtime/commands/http.py",
+            f"{TEMPLATE_PKG}/runtime/commands/routes.py",
         )
         _replace(
             t / TEMPLATE_PKG / "app.py",
-            "health, metrics, service, status",
-            "command_status, health, metrics, service",
+            "from .runtime.commands import http as command_routes",
+            "from .runtime.commands import routes as command_routes",
         )
-        _replace(t / TEMPLATE_PKG / "app.py", "(status.router)", "(command_status.router)")
-        public = t / TEMPLATE_PKG / "runtime/__init__.py"
-        [status] = [line for line in public.read_text().splitlines() if "from .status " in line]
-        moved = status.replace("from .status ", "from .command_status ")
-        _replace(public, f"{status}\n", "")
-        _replace(public, "from .commands ", f"{moved}\nfrom .commands ")
+        _replace(
+            t / TEMPLATE_PKG / "runtime/__init__.py",
+            "from .commands.http ",
+            "from .commands.routes ",
+        )
         # Templates of files the user owns change too: the user's copies must not.
         with (t / "template/README.md.jinja").open("a") as readme:
             readme.write("\nA paragraph added in v99.1.0.\n")
@@ -155,8 +154,8 @@ def test_update_keeps_user_code_and_brings_template_changes(
     assert {path: (project / path).read_text() for path in mine} == mine
     assert "Probes, v99.1.0:" in (project / PKG / "runtime/health.py").read_text()
     assert (project / PKG / "runtime/about.py").exists()
-    assert not (project / PKG / "runtime/status.py").exists()
-    assert (project / PKG / "runtime/command_status.py").exists()
+    assert not (project / PKG / "runtime/commands/http.py").exists()
+    assert (project / PKG / "runtime/commands/routes.py").exists()
     assert "_commit: v99.1.0" in (project / ".copier-answers.yml").read_text()
     _assert_clean(project)
     tests = [

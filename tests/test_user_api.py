@@ -61,10 +61,10 @@ def test_user_code_imports_the_machinery_from_its_public_api_only(
 def test_the_machinery_never_imports_user_code(services: dict[str, Path]) -> None:
     runtime = services["example"] / "src/personabff/runtime"
     upward = [
-        f"{path.name}: from {'.' * level}{module}"
-        for path in runtime.glob("*.py")
+        f"{path.relative_to(runtime)}: from {'.' * level}{module}"
+        for path in runtime.rglob("*.py")
         for level, module in _imports(path)
-        if level > 1
+        if level > len(path.relative_to(runtime).parts)  # above runtime/, into the package
         or (level == 0 and module.startswith("personabff") and ".runtime" not in module)
     ]
     assert not upward, upward

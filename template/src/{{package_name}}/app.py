@@ -14,14 +14,16 @@ from redis.exceptions import RedisError
 from . import api
 from .handlers import HANDLERS
 from .projections import REGISTRY
-from .runtime import asyncapi, health, metrics, service, status
-from .runtime.commands import OutgoingCommand
+from .runtime import asyncapi, health, service
+from .runtime.commands import http as command_routes
+from .runtime.commands.handling import Handlers
+from .runtime.commands.sending import OutgoingCommand
 from .runtime.guard import RequestGuard
-from .runtime.handling import Handlers
-from .runtime.instruments import Instruments
+from .runtime.observability import metrics
+from .runtime.observability.http import HttpTelemetry
+from .runtime.observability.instruments import Instruments
 from .runtime.projection import Registry
 from .runtime.readmodel import InvalidCursorError
-from .runtime.telemetry import HttpTelemetry
 from .settings import Settings
 
 
@@ -67,7 +69,7 @@ def create_app(
     for router in api.ROUTERS:  # first: routes are matched in order, and queries are most
         app.include_router(router)
     app.include_router(health.router)
-    app.include_router(status.router)
+    app.include_router(command_routes.router)
     app.include_router(metrics.router)
 
     @app.get("/asyncapi.json", include_in_schema=False)

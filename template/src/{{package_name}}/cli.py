@@ -17,10 +17,11 @@ from . import api
 from . import contracts as contracts_package
 from .app import contracts_document, create_app
 from .projections import REGISTRY
-from .runtime import logs, ops, publishing, service, tracing
+from .runtime import jobs, publishing, service
 from .runtime.contracts import BaselineError, compare, load_baseline, messages, write_baseline
 from .runtime.errors import StartupError
 from .runtime.kafka import create_topics, missing_topics, new_producer, own_topics, start_client
+from .runtime.observability import logs, tracing
 from .settings import Settings
 
 T = TypeVar("T")
@@ -122,7 +123,7 @@ def dlq_list(
 ) -> None:
     """Print dead letters, oldest first, one JSON object per line."""
     settings = load_settings()
-    letters = _run_job(ops.dead_letters(settings, limit=limit))
+    letters = _run_job(jobs.dlq.dead_letters(settings, limit=limit))
     for letter in letters:
         typer.echo(orjson.dumps(letter).decode())
 
@@ -131,7 +132,7 @@ def dlq_list(
 def dlq_redrive() -> None:
     """Project the dead letters again (after a fix); what fails again is dead-lettered again."""
     settings = load_settings()
-    projector = _run_job(ops.redrive(settings, REGISTRY))
+    projector = _run_job(jobs.dlq.redrive(settings, REGISTRY))
     typer.echo(f"applied {projector.applied}, dead-lettered again {projector.dead_lettered}")
 
 
@@ -209,7 +210,9 @@ def snapshot_export(
     """Write the read model, with its positions, to a data topic (seeds another's bootstrap)."""
     settings = load_settings()
     with _progress_bar("exporting") as progress:
-        summary = _run_job(ops.export_snapshot(settings, to or settings.data_topic, progress))
+        summary = _run_job(
+            jobs.export.export_snapshot(settings, to or settings.data_topic, progress)
+        )
     typer.echo(
         f"exported {summary.entities} entities, {summary.lookup_entries} lookup entries"
         f" and {summary.positions} positions"
@@ -223,7 +226,9 @@ def rebuild(
     """Replay into a new read-model version while the current one serves, then swap."""
     settings = load_settings()
     with _progress_bar("replaying") as progress:
-        version = _run_job(ops.rebuild(settings, REGISTRY, grace_s=grace, progress=progress))
+        version = _run_job(
+            jobs.rebuild.rebuild(settings, REGISTRY, grace_s=grace, progress=progress)
+        )
     typer.echo(f"read model rebuilt: now serving version {version}")
 
 

@@ -6,16 +6,7 @@ machinery from here, never from its modules: the names below are the template's 
 updates. A name it replaces keeps working for one more release, with a TemplateDeprecationWarning.
 """
 
-from .commands import CommandStatus, OutgoingCommand, SentCommand, command
-from .deprecation import TemplateDeprecationWarning
-from .deps import (
-    CommandsDep,
-    QueriesDep,
-    ServiceDep,
-    SettingsDep,
-    settings_dependency,
-)
-from .handling import (
+from .commands.handling import (
     Command,
     CommandHandler,
     CommandRejected,
@@ -25,6 +16,16 @@ from .handling import (
     Outcome,
     fact,
     handle,
+)
+from .commands.http import COMMAND_RESPONSES, Accepted, CommandWait, command_response
+from .commands.sending import CommandStatus, OutgoingCommand, SentCommand, command
+from .deprecation import TemplateDeprecationWarning
+from .deps import (
+    CommandsDep,
+    QueriesDep,
+    ServiceDep,
+    SettingsDep,
+    settings_dependency,
 )
 from .projection import (
     Collection,
@@ -39,7 +40,6 @@ from .projection import (
 )
 from .readmodel import CURSOR_PATTERN, InvalidCursorError, Page, Queries, StoredPage
 from .settings import ServiceSettings
-from .status import COMMAND_RESPONSES, Accepted, CommandWait, command_response
 from .upstreams import THIS_SERVICE, Upstream
 
 __all__ = [

@@ -15,8 +15,8 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from .commands import REPLY_TYPE, OutgoingCommand, Reply
-from .handling import Handlers
+from .commands.handling import Handlers
+from .commands.sending import REPLY_TYPE, OutgoingCommand, Reply
 from .projection import Registry
 from .settings import ServiceSettings
 from .upstreams import upstream_of

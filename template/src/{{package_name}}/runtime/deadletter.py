@@ -16,8 +16,8 @@ from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaProducer
 
-from .instruments import Instruments
 from .kafka import Record
+from .observability.instruments import Instruments
 from .settings import ServiceSettings
 
 log = logging.getLogger(__name__)

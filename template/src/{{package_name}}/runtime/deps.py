@@ -10,7 +10,7 @@ from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request
 
-from .commands import CommandBus
+from .commands.sending import CommandBus
 from .deprecation import deprecated
 from .readmodel import Queries
 from .service import Service

@@ -1,10 +1,13 @@
 """CloudEvents 1.0 on Kafka: structured mode (JSON value) and binary mode (`ce_*` headers)."""
 
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from pydantic import BaseModel
 
 # The context attributes this service reads: required non-empty strings, and optional strings.
 REQUIRED = ("id", "source", "type")
@@ -37,6 +40,39 @@ class CloudEvent:
     datacontenttype: str | None = "application/json"
     # Extension attributes, e.g. `correlationid` and `replyto` on commands.
     extensions: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def create(
+        cls,
+        type: str,
+        data: Any,
+        *,
+        source: str,
+        subject: str | None = None,
+        id: str | None = None,
+        id_from: str | None = None,
+        time: str | None = None,
+        extensions: Mapping[str, str] | None = None,
+    ) -> "CloudEvent":
+        """An event this service publishes: every one is made here. `data` is a pydantic model
+        (sent in its JSON form) or JSON values. The id is `id`, else derived from `id_from`, a
+        name unique to the event (a redelivery then publishes it again with the same id), else
+        new; `time` is now unless given."""
+        if id is None:
+            id = (
+                uuid.uuid4().hex
+                if id_from is None
+                else str(uuid.uuid5(uuid.NAMESPACE_URL, id_from))
+            )
+        return cls(
+            id=id,
+            source=source,
+            type=type,
+            data=data.model_dump(mode="json") if isinstance(data, BaseModel) else data,
+            time=datetime.now(UTC).isoformat() if time is None else time,
+            subject=subject,
+            extensions={} if extensions is None else extensions,
+        )
 
     def to_json(self) -> bytes:
         """Structured-mode encoding, as this service publishes events."""

@@ -25,12 +25,12 @@ from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
-from . import logs
 from .commit import EntityRef, Writes, decoded, writes_for
 from .deadletter import DeadLetter, DeadLetters, Retry
 from .events import InvalidEventError
-from .instruments import Instruments
 from .kafka import Record, reached, seek
+from .observability import logs
+from .observability.instruments import Instruments
 from .projection import Change, Collection, Registry
 from .readmodel import ReadModel
 from .settings import ServiceSettings

@@ -7,9 +7,7 @@ contract: a field's `examples` (pydantic `Field(examples=[...])`) or default whe
 else a value that satisfies its type and constraints.
 """
 
-import uuid
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from typing import Any
 
 from polyfactory.factories.pydantic_factory import ModelFactory
@@ -78,13 +76,7 @@ def prepare(
                 f"{event_type} declares no contract to build a sample from: give --data"
             )
         data = sample(model)
-    event = CloudEvent(
-        id=uuid.uuid4().hex,
-        source=f"{settings.service_name}/publish",
-        type=event_type,
-        time=datetime.now(UTC).isoformat(),
-        data=data,
-    )
+    event = CloudEvent.create(event_type, data, source=f"{settings.service_name}/publish")
     try:
         if model is not None:  # for an upcast version, the projector checks only what follows
             model.model_validate(data)

@@ -19,13 +19,13 @@ from redis.exceptions import (
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from . import snapshot
-from .commands import CommandBus
+from .commands.handling import CommandWorker, Handlers
+from .commands.sending import CommandBus
 from .deadletter import DeadLetters, Retry
 from .errors import StartupError
-from .handling import CommandWorker, Handlers
-from .instruments import Instruments
 from .kafka import new_consumer, new_producer, start_client
 from .keyspace import Keyspace
+from .observability.instruments import Instruments
 from .progress import Progress
 from .projection import Registry
 from .projector import Projector

@@ -40,11 +40,17 @@ from typing import Any, cast
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import RecordsToDelete
 from redis.asyncio import Redis
 
 from .commit import EntityRef, Writes, decoded
-from .kafka import Record, client_options, new_admin, partitions_of, reached, seek, start_client
+from .kafka import (
+    Record,
+    delete_records_before,
+    end_offsets,
+    partitions_of,
+    reached,
+    seek,
+)
 from .keyspace import BUCKETS, Keyspace, bucket_of
 from .projection import Collection
 from .readmodel import ReadModel, fields_in
@@ -79,7 +85,7 @@ async def export(
     redis, keys = readmodel.redis, readmodel.keys
     async with readmodel.versions.frozen(FREEZE_TTL_S) as keep_frozen:
         tps = await partitions_of(settings, topic)
-        before = await _end_offsets(settings, tps)
+        before = await end_offsets(settings, tps)
         headers = [(EXPORT, export_id.encode())]
         positions = await _positions(redis, keys)
         sent = [
@@ -142,7 +148,10 @@ async def export(
         )
         if progress:
             progress(total, total)
-    await _delete_before(settings, before)
+    try:  # the records of earlier exports: loading ignores them anyway
+        await delete_records_before(settings, before)
+    except Exception as exc:  # retention removes them eventually
+        log.warning("could not delete earlier snapshot records: %r", exc)
     return Summary(export_id, exported[b"entity"], len(positions), exported[b"lookup"])
 
 
@@ -168,31 +177,6 @@ async def _positions(redis: Redis, keys: Keyspace) -> dict[TopicPartition, int]:
     found = [key async for key in redis.scan_iter(match=keys.positions, count=1000)]
     values = cast(list[bytes], await redis.mget(found)) if found else []
     return {keys.parse_position(key): int(value) for key, value in zip(found, values, strict=True)}
-
-
-async def _end_offsets(
-    settings: ServiceSettings, tps: list[TopicPartition]
-) -> dict[TopicPartition, int]:
-    consumer = AIOKafkaConsumer(**client_options(settings))
-    await start_client(consumer, settings)
-    try:
-        return cast(dict[TopicPartition, int], await consumer.end_offsets(tps))
-    finally:
-        await consumer.stop()
-
-
-async def _delete_before(settings: ServiceSettings, offsets: Mapping[TopicPartition, int]) -> None:
-    """Drop the records of earlier exports (best effort: loading ignores them anyway)."""
-    admin = new_admin(settings)
-    await start_client(admin, settings)
-    try:
-        await admin.delete_records(
-            {tp: RecordsToDelete(offset) for tp, offset in offsets.items() if offset > 0}
-        )
-    except Exception as exc:  # retention removes them eventually
-        log.warning("could not delete earlier snapshot records: %r", exc)
-    finally:
-        await admin.close()
 
 
 # ---------------------------------------------------------------------------------------- load

@@ -26,16 +26,15 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from pydantic import BaseModel, ConfigDict, ValidationError
 from redis.exceptions import RedisError
 
-from . import tracing
-from .deadletter import DeadLetter, DeadLetters
-from .events import CloudEvent, InvalidEventError, decode
-from .instruments import Instruments
-from .kafka import Record
-from .loop import consume_each
-from .projection import C, UnknownEventTypeError, type_of
-from .readmodel import ReadModel
-from .settings import ServiceSettings
-from .upstreams import Upstream, upstream_of
+from ..deadletter import DeadLetter, DeadLetters
+from ..events import CloudEvent, InvalidEventError, decode
+from ..kafka import Record, consume_each
+from ..observability import tracing
+from ..observability.instruments import Instruments
+from ..projection import C, UnknownEventTypeError, type_of
+from ..readmodel import ReadModel
+from ..settings import ServiceSettings
+from ..upstreams import Upstream, upstream_of
 
 log = logging.getLogger(__name__)
 
@@ -201,13 +200,13 @@ class CommandBus:
             },
         )
         await self._redis.expire(self._key(command_id), self._retention_s)
-        event = CloudEvent(
-            id=command_id,
+        event = CloudEvent.create(
+            command_type,
+            data,
             source=self._source,
-            type=command_type,
             subject=key,
+            id=command_id,
             time=_iso(now),
-            data=data.model_dump(mode="json"),
             extensions={"correlationid": correlation_id, "replyto": self._reply_topic},
         )
         await self._producer.send_and_wait(

@@ -7,15 +7,27 @@ it: it keeps its positions in Redis, beside the state they produced.
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 
-from .kafka import Record, seek
+from .positions import seek
 
 log = logging.getLogger(__name__)
+
+
+class Record(Protocol):
+    """What this service reads of a consumed record (aiokafka's ConsumerRecord is untyped)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes]]
 
 
 async def consume_each(

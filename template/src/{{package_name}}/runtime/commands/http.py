@@ -6,8 +6,8 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, HTTPException, Query, Response
 from pydantic import BaseModel
 
-from .commands import CommandBus, CommandStatus, SentCommand
-from .deps import ServiceDep
+from ..deps import ServiceDep
+from .sending import CommandBus, CommandStatus, SentCommand
 
 router = APIRouter(prefix="/commands", tags=["commands"])
 

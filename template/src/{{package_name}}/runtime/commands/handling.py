@@ -13,7 +13,6 @@ keeps raising) goes to the dead-letter topic, and its sender gets a failed reply
 
 import asyncio
 import logging
-import uuid
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -22,15 +21,14 @@ from typing import Any, Generic, TypeVar, get_args, get_origin, get_type_hints
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from pydantic import BaseModel, ValidationError
 
-from . import logs, tracing
-from .commands import REPLY_TYPE, Reply
-from .deadletter import DeadLetter, DeadLetters, Retry
-from .events import CloudEvent, InvalidEventError, decode
-from .instruments import Instruments
-from .kafka import Record
-from .loop import consume_each
-from .projection import Contract, InvalidDataError, UnknownEventTypeError, type_of
-from .readmodel import Queries, ReadModel
+from ..deadletter import DeadLetter, DeadLetters, Retry
+from ..events import CloudEvent, InvalidEventError, decode
+from ..kafka import Record, consume_each
+from ..observability import logs, tracing
+from ..observability.instruments import Instruments
+from ..projection import Contract, InvalidDataError, UnknownEventTypeError, type_of
+from ..readmodel import Queries, ReadModel
+from .sending import REPLY_TYPE, Reply
 
 log = logging.getLogger(__name__)
 
@@ -279,13 +277,13 @@ class CommandWorker:
             if self._results_topic is not None:
                 published += [(self._results_topic, result) for result in outcome.results]
             for index, (topic, fact) in enumerate(published):
-                event = CloudEvent(
-                    id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"{command.id}/{index}")),
+                event = CloudEvent.create(
+                    fact.type,
+                    fact.data,
                     source=self._source,
-                    type=fact.type,
                     subject=fact.key,
+                    id_from=f"{command.id}/{index}",
                     time=now,
-                    data=fact.data.model_dump(mode="json"),
                     extensions=_correlation(command),
                 )
                 sent.append(
@@ -300,13 +298,13 @@ class CommandWorker:
                 result=None if outcome is None else outcome.result,
                 error=error,
             )
-            event = CloudEvent(
-                id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"{command.id}/reply")),
+            event = CloudEvent.create(
+                REPLY_TYPE,
+                reply,
                 source=self._source,
-                type=REPLY_TYPE,
                 subject=command.subject,
+                id_from=f"{command.id}/reply",
                 time=now,
-                data=reply.model_dump(mode="json"),
                 extensions={**_correlation(command), "causationid": command.id},
             )
             key = (command.subject or command.id).encode()

@@ -2,35 +2,21 @@
 
 import asyncio
 import ssl
-from collections.abc import Mapping, Sequence
-from contextlib import suppress
-from typing import Any, Protocol
+from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.conn import create_conn
 from aiokafka.errors import (
     KafkaConnectionError,
     KafkaError,
     SaslAuthenticationFailed,
-    TopicAlreadyExistsError,
     UnsupportedSaslMechanismError,
 )
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from .errors import StartupError
-from .settings import ServiceSettings
-
-
-class Record(Protocol):
-    """What this service reads of a consumed record (aiokafka's ConsumerRecord is untyped)."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: Sequence[tuple[str, bytes]]
+from ..errors import StartupError
+from ..settings import ServiceSettings
 
 
 def client_options(settings: ServiceSettings) -> dict[str, Any]:
@@ -164,80 +150,3 @@ async def _diagnose(settings: ServiceSettings) -> str:
     except (OSError, TimeoutError, KafkaError):  # not reachable at all: the usual retrying
         pass
     return ""
-
-
-async def partitions_of(settings: ServiceSettings, topic: str) -> list[TopicPartition]:
-    """The partitions of a topic; StartupError if it does not exist."""
-    admin = new_admin(settings)
-    await start_client(admin, settings)
-    try:
-        [described] = await admin.describe_topics([topic])
-    finally:
-        await admin.close()
-    if described["error_code"] or not described["partitions"]:
-        raise StartupError(f"topic {topic} does not exist")
-    return sorted(TopicPartition(topic, p["partition"]) for p in described["partitions"])
-
-
-async def seek(consumer: AIOKafkaConsumer, positions: Mapping[TopicPartition, int | None]) -> None:
-    """Move each partition to its offset, or to its beginning where it has none.
-
-    Explicit offsets: `seek_to_beginning` races with a consumer's own `auto_offset_reset`.
-    """
-    missing = [tp for tp, offset in positions.items() if offset is None]
-    begin = await consumer.beginning_offsets(missing) if missing else {}
-    for tp, offset in positions.items():
-        consumer.seek(tp, begin[tp] if offset is None else offset)
-
-
-async def reached(consumer: AIOKafkaConsumer, end: Mapping[TopicPartition, int]) -> bool:
-    """Whether the consumer is at or past `end` everywhere.
-
-    Its position, not the last record's offset + 1: that also steps over transaction markers and
-    records that retention has already removed.
-    """
-    for tp, offset in end.items():
-        if await consumer.position(tp) < offset:
-            return False
-    return True
-
-
-async def missing_topics(settings: ServiceSettings, topics: list[str]) -> list[str]:
-    """Those of `topics` the cluster does not have."""
-    admin = new_admin(settings)
-    await start_client(admin, settings)
-    try:
-        existing = set(await admin.list_topics())
-    finally:
-        await admin.close()
-    return [topic for topic in topics if topic not in existing]
-
-
-def own_topics(settings: ServiceSettings) -> list[str]:
-    """The topics this service owns (README.md, "Topics")."""
-    topics = [
-        settings.events_topic,
-        settings.commands_topic,
-        settings.reply_topic,
-        settings.dlq_topic,
-        settings.data_topic,
-    ]
-    return [*topics, settings.results_topic] if settings.pipeline_results else topics
-
-
-async def create_topics(
-    settings: ServiceSettings, topics: Sequence[str], *, partitions: int, replication: int = 1
-) -> list[str]:
-    """Create the topics that do not exist yet; returns the ones created."""
-    admin = new_admin(settings)
-    await start_client(admin, settings)
-    try:
-        existing = set(await admin.list_topics())
-        missing = [topic for topic in dict.fromkeys(topics) if topic not in existing]
-        if missing:
-            new = [NewTopic(topic, partitions, replication) for topic in missing]
-            with suppress(TopicAlreadyExistsError):  # another instance was quicker
-                await admin.create_topics(new)
-        return missing
-    finally:
-        await admin.close()

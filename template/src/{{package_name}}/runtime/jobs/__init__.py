@@ -1,0 +1,10 @@
+"""Operational jobs run from the command line (cli.py), each connecting on its own.
+
+- `dlq`: list the dead letters, redrive them.
+- `export`: export the read model as a snapshot to the private data topic.
+- `rebuild`: replay into a new version of the read model, then swap it in.
+"""
+
+from . import dlq, export, rebuild
+
+__all__ = ["dlq", "export", "rebuild"]

@@ -1,0 +1,44 @@
+"""Kafka, the service's bus: its clients, its topics, and where consumers read.
+
+The rest of `runtime/` builds no client and asks the cluster nothing itself: it uses these names,
+then the consumers and producers they give (`getmany`, `send`, `commit`, `end_offsets`, rebalance
+callbacks). A later bus (NATS, RabbitMQ) is a sibling package offering the same names.
+
+- `clients`: clients built from settings (TLS, SASL), started within a bounded wait.
+- `topics`: the topics this service owns, which exist, their partitions; creating them, deleting
+  records before an offset.
+- `positions`: assigning every partition, seeking to offsets, end offsets, whether a consumer has
+  reached them.
+- `consuming`: `Record`, what the machinery reads of a consumed record, and the at-least-once
+  loop for consumers whose handling is idempotent.
+"""
+
+from .clients import client_options, new_admin, new_consumer, new_producer, start_client
+from .consuming import Record, consume_each
+from .positions import assign_all, end_offsets, reached, seek
+from .topics import (
+    create_topics,
+    delete_records_before,
+    missing_topics,
+    own_topics,
+    partitions_of,
+)
+
+__all__ = [
+    "Record",
+    "assign_all",
+    "client_options",
+    "consume_each",
+    "create_topics",
+    "delete_records_before",
+    "end_offsets",
+    "missing_topics",
+    "new_admin",
+    "new_consumer",
+    "new_producer",
+    "own_topics",
+    "partitions_of",
+    "reached",
+    "seek",
+    "start_client",
+]
