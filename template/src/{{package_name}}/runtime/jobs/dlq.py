@@ -12,7 +12,7 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
-from ..deadletter import DeadLetters, reason_of
+from ..deadletter import HEADER_PREFIX, DeadLetters, reason_of
 from ..kafka import assign_all, reached, seek
 from ..projection import Registry
 from ..projector import Projector
@@ -35,19 +35,28 @@ async def dead_letters(settings: ServiceSettings, *, limit: int) -> list[dict[st
 
 
 def _describe(record: Any) -> dict[str, Any]:
-    value: bytes | None = record.value
-    try:
-        shown = None if value is None else value.decode()
-    except UnicodeDecodeError:
-        shown = "base64:" + base64.b64encode(value or b"").decode()
     return {
         "partition": record.partition,
         "offset": record.offset,
         "time": reason_of(record).get("time", ""),
         "key": None if record.key is None else record.key.decode(errors="replace"),
         "reason": reason_of(record),
-        "value": shown,
+        # What the record carried besides the value (a binary-mode event's `ce_*` attributes).
+        "headers": [
+            [name, _shown(value)]
+            for name, value in record.headers
+            if not name.startswith(HEADER_PREFIX)
+        ],
+        "value": _shown(record.value),
     }
+
+
+def _shown(raw: bytes | None) -> str | None:
+    """Text as it is; other bytes as `base64:...`."""
+    try:
+        return None if raw is None else raw.decode()
+    except UnicodeDecodeError:
+        return "base64:" + base64.b64encode(raw or b"").decode()
 
 
 async def redrive(settings: ServiceSettings, registry: Registry) -> Projector:
