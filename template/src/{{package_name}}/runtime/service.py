@@ -84,8 +84,8 @@ class Service:
         try:
             async with asyncio.timeout(REDIS_PING_TIMEOUT_S):
                 await self.readmodel.redis.ping()
-        except (RedisError, OSError, TimeoutError) as exc:
-            checks["redis"] = f"unreachable: {exc!r}"
+        except (RedisError, OSError, TimeoutError) as exc:  # its class: the text names the address
+            checks["redis"] = f"unreachable: {type(exc).__name__}"
         if not self.bootstrap.finished:
             checks["bootstrap"] = f"loading: {self.bootstrap.describe()}"
         lag = {} if self.projector is None else self.projector.lag()
