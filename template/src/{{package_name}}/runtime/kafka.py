@@ -30,7 +30,7 @@ class Record(Protocol):
     offset: int
     key: bytes | None
     value: bytes | None
-    headers: Sequence[tuple[str, bytes]]
+    headers: Sequence[tuple[str, bytes | None]]  # a header's value may be null
 
 
 def client_options(settings: ServiceSettings) -> dict[str, Any]:
