@@ -5,12 +5,17 @@ Renames count (`renames`), so an event applied twice shows in the read model, as
 
 import asyncio
 import random
+import struct
+import time
 import uuid
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.client import AIOKafkaClient
+from aiokafka.protocol.produce import ProduceRequest
+from aiokafka.record.util import calc_crc32c, encode_varint
 
 from .served import Served
 
@@ -88,6 +93,64 @@ def publish_records(bootstrap: str, topic: str, records: list[Record]) -> None:
             await asyncio.gather(*sent)
         finally:
             await producer.stop()
+
+    asyncio.run(publishing())
+
+
+# (key, value, headers), header names as bytes
+RawRecord = tuple[bytes | None, bytes | None, list[tuple[bytes, bytes | None]]]
+
+
+def record_batch(records: list[RawRecord]) -> bytes:
+    """`records` as one Kafka record batch (format v2, uncompressed), header names as given: what a
+    client that does not check them writes, and aiokafka's producer will not."""
+
+    def varint(value: int) -> bytearray:
+        out = bytearray()
+        encode_varint(value, out.append)
+        return out
+
+    def sized(part: bytes | None) -> bytes:
+        return bytes(varint(-1) if part is None else varint(len(part)) + part)
+
+    body = bytearray()
+    for delta, (key, value, headers) in enumerate(records):
+        record = bytearray(b"\x00") + varint(0) + varint(delta) + sized(key) + sized(value)
+        record += varint(len(headers))
+        for name, header in headers:
+            record += sized(name) + sized(header)
+        body += varint(len(record)) + record
+    now = int(time.time() * 1000)
+    # attributes, last offset delta, timestamps, producer id, epoch, base sequence, record count
+    after_crc = struct.pack(">hiqqqhii", 0, len(records) - 1, now, now, -1, -1, -1, len(records))
+    after_crc += body
+    # base offset, length (from the leader epoch on), leader epoch, magic, crc
+    head = struct.pack(">qiibI", 0, 9 + len(after_crc), -1, 2, calc_crc32c(after_crc))
+    return head + after_crc
+
+
+def publish_raw(bootstrap: str, topic: str, partition: int, batches: list[list[RawRecord]]) -> None:
+    """Publish each of `batches` to one partition as one record batch, built by `record_batch`."""
+
+    async def publishing() -> None:
+        client = AIOKafkaClient(bootstrap_servers=bootstrap)
+        await client.bootstrap()
+        try:
+            for records in batches:
+                batch = record_batch(records)
+                request = ProduceRequest(None, -1, 30_000, [(topic, [(partition, batch)])])
+                for _ in range(50):  # a topic just created may have no leader yet
+                    await client._wait_on_metadata(topic)
+                    leader = client.cluster.leader_for_partition(TopicPartition(topic, partition))
+                    response = await client.send(leader, request)
+                    [(_, [(_, error_code, *_)])] = response.topics
+                    if error_code != 6:  # NOT_LEADER_OR_FOLLOWER
+                        break
+                    await asyncio.sleep(0.2)
+                    await client.force_metadata_update()
+                assert error_code == 0, response
+        finally:
+            await client.close()
 
     asyncio.run(publishing())
 

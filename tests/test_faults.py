@@ -7,6 +7,7 @@ measured to docs/reliability.md.
 """
 
 import asyncio
+import hashlib
 import time
 import uuid
 from collections import Counter
@@ -472,6 +473,54 @@ def test_bad_events_are_dead_lettered_and_the_partition_moves_on(
         f"{len(BAD_EVENTS)} kinds of bad event, each followed by a good one on the same partition",
         f"all {len(letters)} dead-lettered with their reason, all {len(BAD_EVENTS)} good ones"
         " applied: " + "; ".join(f"{kind} → {error}" for kind, _, _, error in BAD_EVENTS),
+    )
+
+
+def test_records_it_cannot_read_are_dead_lettered_by_a_running_service(
+    project: Path, env: Env, kafka: OwnKafka, reliability: Reliability
+) -> None:
+    topic = env["UPSTREAM_TOPICS"]
+    big = b"x" * (1_048_576 - 200)  # with the dlq.* headers, over the producer's max_request_size
+    bad: list[tuple[str, personas.RawRecord, str]] = [
+        ("a binary-mode ce_ header with a null value", (b"k", orjson.dumps(GOOD), [(b"ce_specversion", b"1.0"), (b"ce_id", b"1"), (b"ce_source", b"/t"), (b"ce_type", None)]), "NotCloudEventError"),
+        ("a header name that is not UTF-8", (b"k", _ce(), [(b"\xff\xfe", b"v")]), "UnreadableRecordError"),
+        ("a record of about 1 MB that is not JSON", (b"k", big, [(b"h", b"v")]), "NotJsonError"),
+    ]  # fmt: skip
+    batches: list[list[personas.RawRecord]] = []
+    for n, (_, record, _) in enumerate(bad):
+        good = {"persona_id": f"good{n}", "name": "G", "email": "g@x.io"}
+        batches += [[record], [(b"k", personas.cloud_event("persona.created.v1", good), [])]]
+    personas.publish_raw(kafka.bootstrap, topic, 0, batches)
+    other = {"persona_id": "other", "name": "O", "email": "o@x.io"}
+    personas.publish_raw(
+        kafka.bootstrap, topic, 1, [[(b"o", personas.cloud_event("persona.created.v1", other), [])]]
+    )
+    server = _serve(project, env)
+    try:
+        expected = {*(f"good{n}" for n in range(len(bad))), "other"}
+        until(lambda: set(personas.read_all(server)) == expected)
+        ready = server.get("/health/ready").status_code
+    finally:
+        server.stop()
+    listed = run(project, "personabff", "dlq", "list", env=env)
+    assert_ok(listed)
+    letters = [orjson.loads(line) for line in listed.stdout.splitlines()]
+    reasons = [letter["reason"] for letter in letters]
+    assert [(r["partition"], r["offset"], r["error.class"]) for r in reasons] == [
+        ("0", str(2 * n), error) for n, (_, _, error) in enumerate(bad)
+    ]
+    unreadable, large = letters[1], letters[2]
+    assert (unreadable["key"], unreadable["value"]) == (None, "")  # position and reason only
+    assert "UnicodeDecodeError" in unreadable["reason"]["error.message"]
+    assert large["reason"]["original.sha256"] == hashlib.sha256(big).hexdigest()
+    assert len(large["value"]) < len(big)
+    assert ready == 200
+    reliability.record(
+        "Records the client or the envelope cannot read, each followed by a good one",
+        "all dead-lettered with their reason and the partition moved on: "
+        + "; ".join(f"{kind} → {error}" for kind, _, error in bad)
+        + f" (its letter keeps the first {len(large['value']):,} of {len(big):,} bytes, with the"
+        " original size and SHA-256 in headers)",
     )
 
 

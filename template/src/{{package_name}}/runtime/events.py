@@ -122,19 +122,25 @@ def _envelope(attrs: dict[str, Any], data: Any) -> CloudEvent:
     )
 
 
-def binary_mode(headers: Sequence[tuple[str, bytes]]) -> bool:
+def binary_mode(headers: Sequence[tuple[str, bytes | None]]) -> bool:
     """Whether a record is a CloudEvent in binary mode: attributes in `ce_*` headers, the value
     only its data."""
     return any(name == "ce_specversion" for name, _ in headers) if headers else False
 
 
-def decode(value: bytes | None, headers: Sequence[tuple[str, bytes]]) -> CloudEvent:
+def decode(value: bytes | None, headers: Sequence[tuple[str, bytes | None]]) -> CloudEvent:
     """Read a Kafka record as a CloudEvent, in binary mode when it has `ce_specversion`."""
     if binary_mode(headers):
-        try:
-            attrs = {name[3:]: raw.decode() for name, raw in headers if name.startswith("ce_")}
-        except UnicodeDecodeError as exc:
-            raise NotCloudEventError(f"a ce_ header is not UTF-8: {exc}") from exc
+        attrs = {}
+        for name, raw in headers:
+            if not name.startswith("ce_"):
+                continue
+            if raw is None:  # a header may be null in Kafka
+                raise NotCloudEventError(f"header {name!r} is null")
+            try:
+                attrs[name[3:]] = raw.decode()
+            except UnicodeDecodeError as exc:
+                raise NotCloudEventError(f"a ce_ header is not UTF-8: {exc}") from exc
         return _envelope(attrs, _loads(value))
     document = _loads(value)
     if not isinstance(document, dict):

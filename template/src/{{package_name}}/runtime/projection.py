@@ -206,7 +206,7 @@ class Registry:
         self._fast = _one_pass(self._event_models().values())
 
     def read(
-        self, value: bytes | None, headers: Sequence[tuple[str, bytes]]
+        self, value: bytes | None, headers: Sequence[tuple[str, bytes | None]]
     ) -> tuple[str, list[Change]]:
         """A Kafka record's event type and what it changes; raises InvalidEventError for what must
         be dead-lettered.

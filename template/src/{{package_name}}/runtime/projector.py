@@ -7,6 +7,10 @@ the batch folded again. On assignment the consumer seeks to the positions stored
 committed offsets are written afterwards for lag monitoring only. Records a partition has already
 applied are skipped, so a re-delivered batch changes nothing.
 
+A record the Kafka client cannot parse is dead-lettered by its position (kafka/unreadable.py),
+together with the rest of its record batch, which cannot be read past it, and committed past like
+any other.
+
 Dead letters are published before the commit that moves past them, so none is lost: once per batch
 however often it is folded, and counted when it commits. A crash before the commit, or a batch
 whose partitions moved on meanwhile (a rebalance, a rebuild's swap), leaves them to be published
@@ -29,6 +33,7 @@ from .commit import EntityRef, Writes, decoded, writes_for
 from .deadletter import DeadLetter, DeadLetters, Retry
 from .events import InvalidEventError
 from .kafka import Record, reached, seek
+from .kafka.unreadable import Unreadable, UnreadableRecord, locate, readable_before
 from .observability import logs
 from .observability.instruments import Instruments
 from .projection import Change, Collection, Registry
@@ -145,9 +150,15 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
                     progress(done, sum(until.values()) - start)
                 if await self._reached(until):
                     return
-            batches = await self.consumer.getmany(
-                timeout_ms=self._poll_timeout_ms, max_records=self._max_batch
-            )
+            try:
+                batches = await self.consumer.getmany(
+                    timeout_ms=self._poll_timeout_ms, max_records=self._max_batch
+                )
+            except Exception as exc:
+                unreadable = locate(exc)
+                if unreadable is None:
+                    raise
+                batches = await self._past(unreadable)
             if not batches:
                 await self._when_idle()
                 continue
@@ -189,6 +200,26 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
         except RedisError as exc:
             log.debug("version check failed: %r", exc)
 
+    async def _past(self, where: Unreadable) -> dict[TopicPartition, list[Record]]:
+        """The batch that takes `where.tp` past a record the client cannot parse: the records
+        before it, then a stand-in for each position from it to the end of its record batch (each
+        a dead letter). The consumer is left after them; the other partitions at their stored
+        positions (what getmany() had gathered of them is lost)."""
+        log.warning(
+            "the Kafka client cannot parse %s: %r", _where_tp(where.tp, where.offset), where.error
+        )
+        async with self._batch_lock:
+            await self._seek_to_stored(list(self._positions))
+            if where.tp not in self._positions:  # revoked meanwhile
+                return {}
+            before = await readable_before(self.consumer, where, timeout_ms=self._poll_timeout_ms)
+            if before is None:
+                return {}
+            records, position = before
+            self.consumer.seek(where.tp, where.end)
+        past: list[Record] = [*records, *where.records(position)]
+        return {where.tp: past}
+
     async def _reached(self, until: Mapping[TopicPartition, int]) -> bool:
         return self._positions.keys() >= until.keys() and await reached(self.consumer, until)
 
@@ -220,7 +251,8 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
                 work.append((record, changes))
                 applied[record.topic, event_type] += 1
             except InvalidEventError as exc:
-                rejected.append(DeadLetter(record, exc))
+                error = record.error if isinstance(record, UnreadableRecord) else exc
+                rejected.append(DeadLetter(record, error))
         refs = list(dict.fromkeys((c.collection.name, c.key) for _, cs in work for c in cs))
 
         sent: set[tuple[str, int, int]] = set()  # where the letters sent so far came from
@@ -317,3 +349,7 @@ def _source(letter: DeadLetter) -> tuple[str, int, int]:
 
 def _where(record: Record) -> str:
     return f"{record.topic}[{record.partition}]@{record.offset}"
+
+
+def _where_tp(tp: TopicPartition, offset: int) -> str:
+    return f"{tp.topic}[{tp.partition}]@{offset}"

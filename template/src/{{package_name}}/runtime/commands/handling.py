@@ -192,7 +192,7 @@ class CommandWorker:
         self._handled_retention_s = handled_retention_s
 
     async def run(self, stopping: asyncio.Event) -> None:
-        await consume_each(self._consumer, self._handle, stopping)
+        await consume_each(self._consumer, self._handle, stopping, dead_letters=self._dead_letters)
 
     async def _handle(self, record: Record) -> None:
         try:

@@ -292,7 +292,7 @@ class CommandBus:
             except (InvalidEventError, ValidationError) as exc:
                 await dead_letters.send([DeadLetter(record, exc)])
 
-        await consume_each(consumer, handle, stopping)
+        await consume_each(consumer, handle, stopping, dead_letters=dead_letters)
 
     async def listen(self, stopping: asyncio.Event) -> None:
         """Wake local waiters when any instance completes a command, until `stopping` is set."""

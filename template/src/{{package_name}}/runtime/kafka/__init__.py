@@ -14,8 +14,9 @@ callbacks). A later bus (NATS, RabbitMQ) is a sibling package offering the same 
 """
 
 from .clients import client_options, new_admin, new_consumer, new_producer, start_client
-from .consuming import Record, consume_each
+from .consuming import consume_each
 from .positions import assign_all, end_offsets, reached, seek
+from .records import Record
 from .topics import (
     create_topics,
     delete_records_before,

@@ -23,14 +23,18 @@ tracer = trace.get_tracer(__name__)
 HEADERS = ("traceparent", "tracestate")
 
 
-def context_of(headers: Iterable[tuple[str, bytes]]) -> Context | None:
-    """The trace context that Kafka or HTTP headers carry, if any."""
-    carrier = {key: value.decode("latin-1") for key, value in headers if key in HEADERS}
+def context_of(headers: Iterable[tuple[str, bytes | None]]) -> Context | None:
+    """The trace context that Kafka or HTTP headers carry, if any (a null header carries none)."""
+    carrier = {
+        key: value.decode("latin-1")
+        for key, value in headers
+        if key in HEADERS and value is not None
+    }
     return propagate.extract(carrier) if carrier else None
 
 
 @contextmanager
-def consuming(name: str, headers: Sequence[tuple[str, bytes]]) -> Iterator[None]:
+def consuming(name: str, headers: Sequence[tuple[str, bytes | None]]) -> Iterator[None]:
     """A consumer span for one record, continuing the trace its headers carry (or a new one)."""
     parent = context_of(headers) or Context()
     with tracer.start_as_current_span(name, context=parent, kind=SpanKind.CONSUMER):
