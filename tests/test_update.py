@@ -171,14 +171,15 @@ def test_a_conflict_is_left_inline_and_the_generated_check_catches_it(
     project: Path, template: Path
 ) -> None:
     health = project / PKG / "runtime/health.py"
-    _replace(health, 'return {"status": "alive"}', 'return {"status": "alive", "by": "us"}')
+    alive = 'JSONResponse({"status": "alive"})'
+    _replace(health, alive, 'JSONResponse({"status": "alive", "by": "us"})')
     _commit(project, "we changed a template-owned line")
 
     def v2(t: Path) -> None:
         _replace(
             t / TEMPLATE_PKG / "runtime/health.py",
-            'return {"status": "alive"}',
-            'return {"status": "alive", "release": "v99.1.0"}',
+            alive,
+            'JSONResponse({"status": "alive", "release": "v99.1.0"})',
         )
 
     _release(template, v2)
