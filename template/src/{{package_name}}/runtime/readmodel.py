@@ -22,8 +22,9 @@ from .projection import Collection
 from .redis import hget_each
 from .versions import Versions
 
-# What page cursors look like (`<bucket>:<key>`), for query parameters to declare.
-CURSOR_PATTERN = r"^[0-9]+:"
+# What page cursors look like (`<bucket>:<key>`, the bucket below BUCKETS, 1024), for query
+# parameters to declare: exactly what `_cursor` accepts, so the API documents what it takes.
+CURSOR_PATTERN = r"^(0|[1-9][0-9]{0,2}|10[01][0-9]|102[0-3]):.+$"
 
 
 class InvalidCursorError(ValueError):
