@@ -146,7 +146,7 @@ def test_http_apis_keep_their_schemas_under_fuzzing(
     operation, every check (no 5xx, responses match the schema, bad input refused)."""
     generated = {}
     for server in services:
-        # One worker: with two threads, CPython 3.11 before 3.11.8 (gh-106905) can fail parsing
+        # One worker: with two threads, CPython 3.11 before 3.11.8 (a bug fixed there) can fail parsing
         # the source of hypothesis' lambdas with "AST constructor recursion depth mismatch".
         result = subprocess.run(
             [
