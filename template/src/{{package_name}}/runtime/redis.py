@@ -4,14 +4,18 @@ of many hash fields in one round trip, for queries and batches alike.
 
 Its pool waits for a free connection, up to a bound, where redis-py's default pool fails the
 command at once ("Too many connections"): under load a query queues briefly instead of failing.
+(redis-py's BlockingConnectionPool waits too, but costs about 10 us more CPU a command even when
+connections are free; this one adds a semaphore's fast path.)
 """
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any, cast
 
 import hiredis
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.connection import Connection, SSLConnection
+from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.connection import AbstractConnection, Connection, SSLConnection
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from .settings import ServiceSettings
 
@@ -34,6 +38,39 @@ class HiredisSSLConnection(_HiredisPacking, SSLConnection):
     pass
 
 
+class WaitingConnectionPool(ConnectionPool):
+    """A pool of `max_connections` whose commands wait up to `wait_s` (None: as long as it takes)
+    for a free connection, then fail with a ConnectionError naming the wait."""
+
+    def __init__(self, *, wait_s: float | None = None, **options: Any) -> None:
+        super().__init__(**options)
+        self._wait_s = wait_s
+        self._free = asyncio.Semaphore(self.max_connections)
+
+    async def get_connection(self, *args: Any, **options: Any) -> AbstractConnection:
+        if not self._free.locked():  # the usual case: a connection is free, no timer needed
+            await self._free.acquire()
+        else:
+            try:
+                async with asyncio.timeout(self._wait_s):
+                    await self._free.acquire()
+            except TimeoutError:
+                raise RedisConnectionError(
+                    f"no free Redis connection within {self._wait_s}s"
+                    f" ({self.max_connections} in use)"
+                ) from None
+        try:
+            connection = await super().get_connection(*args, **options)  # type: ignore[no-untyped-call]
+            return cast(AbstractConnection, connection)
+        except BaseException:
+            self._free.release()
+            raise
+
+    async def release(self, connection: AbstractConnection) -> None:
+        await super().release(connection)
+        self._free.release()
+
+
 def redis_client(
     url: str, *, max_connections: int = 50, wait_s: float | None = None, **options: Any
 ) -> Redis:
@@ -41,11 +78,11 @@ def redis_client(
     `max_connections` that waits up to `wait_s` (None: as long as it takes) for a free one."""
     secure = url.startswith("rediss://")
     connection_class = HiredisSSLConnection if secure else HiredisConnection
-    pool = BlockingConnectionPool.from_url(
+    pool = WaitingConnectionPool.from_url(
         url,
         connection_class=connection_class,
         max_connections=max_connections,
-        timeout=wait_s,
+        wait_s=wait_s,
         **options,
     )
     return Redis.from_pool(pool)

@@ -13,6 +13,7 @@ from opentelemetry import context
 from prometheus_client.metrics import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..guard import SECURITY_HEADERS
 from . import tracing
 from .instruments import Instruments
 
@@ -39,9 +40,10 @@ class HttpTelemetry:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                extra = SECURITY_HEADERS
                 if service is not None:  # how old the answer may be, in seconds
-                    age = (b"read-model-age", service.freshness.age_header)
-                    message["headers"] = [*message.get("headers", []), age]
+                    extra = [*extra, (b"read-model-age", service.freshness.age_header)]
+                message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 
         carried = tracing.context_of(
