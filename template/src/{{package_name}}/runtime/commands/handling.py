@@ -13,6 +13,7 @@ keeps raising) goes to the dead-letter topic, and its sender gets a failed reply
 
 import asyncio
 import logging
+import re
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -212,6 +213,12 @@ class CommandWorker:
 
     async def _handle_command(self, record: Record, envelope: CloudEvent) -> str:
         """Handle a command and answer it; returns the outcome."""
+        reply_to = envelope.extensions.get("replyto")
+        if reply_to is not None and not _TOPIC_NAME.match(reply_to):
+            # No reply can be sent: sending would fail again at every retry, stopping the loop.
+            unaddressable = InvalidReplyToError(f"replyto {reply_to[:100]!r} is not a topic name")
+            await self._dead_letters.send_one(record, unaddressable)
+            return "dead_lettered"
         if await self._redis.exists(self._keys.handled(envelope.id)):
             log.info("command %s was handled already", envelope.id)
             return "duplicate"
@@ -318,6 +325,13 @@ class CommandWorker:
 
 def _correlation(command: CloudEvent) -> dict[str, str]:
     return {"correlationid": command.extensions.get("correlationid", command.id)}
+
+
+class InvalidReplyToError(InvalidEventError):
+    """A command whose `replyto` cannot name a Kafka topic: it cannot be answered."""
+
+
+_TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 
 
 class _Undeliverable(Exception):  # noqa: N818
