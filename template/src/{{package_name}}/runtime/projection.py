@@ -10,7 +10,19 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar, Union, cast, get_type_hints
+from typing import (
+    Annotated,
+    Any,
+    ClassVar,
+    Generic,
+    Literal,
+    TypeVar,
+    Union,
+    cast,
+    get_args,
+    get_origin,
+    get_type_hints,
+)
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 
@@ -142,14 +154,26 @@ def project(
     return Projection(type_of(data), data, into, key, apply, _checked=True)
 
 
+def contract_of(hint: Any, generic: Any) -> Any | None:
+    """`C` when `hint` is `generic[C]` (a pydantic or a typing generic) and `C` a Contract."""
+    metadata = getattr(hint, "__pydantic_generic_metadata__", None)
+    args: tuple[Any, ...]
+    if metadata:
+        args = metadata["args"] if metadata["origin"] is generic else ()
+    else:
+        args = get_args(hint) if get_origin(hint) is generic else ()
+    if len(args) == 1 and isinstance(args[0], type) and issubclass(args[0], Contract):
+        return args[0]
+    return None
+
+
 def _event_contract(apply: Callable[..., Any]) -> Any:
     """The contract `C` of `apply`'s second parameter, annotated `Event[C]`."""
     parameters = list(inspect.signature(apply).parameters)
     hints = get_type_hints(apply) if len(parameters) == 2 else {}
-    metadata = getattr(hints.get(parameters[-1]), "__pydantic_generic_metadata__", None)
-    args: tuple[Any, ...] = metadata["args"] if metadata and metadata["origin"] is Event else ()
-    if len(args) == 1 and isinstance(args[0], type) and issubclass(args[0], Contract):
-        return args[0]
+    contract = contract_of(hints.get(parameters[-1]), Event)
+    if contract is not None:
+        return contract
     name = getattr(apply, "__qualname__", repr(apply))
     raise TypeError(
         f"{name}: a projection is `def f(state: S | None, event: Event[SomeContract])"

@@ -17,7 +17,7 @@ import re
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Generic, TypeVar, get_args, get_origin, get_type_hints
+from typing import Any, Generic, TypeVar, get_type_hints
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from pydantic import BaseModel, ValidationError
@@ -27,7 +27,13 @@ from ..events import CloudEvent, InvalidEventError, decode
 from ..kafka import Record, consume_each
 from ..observability import logs, tracing
 from ..observability.instruments import Instruments
-from ..projection import Contract, InvalidDataError, UnknownEventTypeError, type_of
+from ..projection import (
+    Contract,
+    InvalidDataError,
+    UnknownEventTypeError,
+    contract_of,
+    type_of,
+)
 from ..readmodel import Queries, ReadModel
 from .sending import REPLY_TYPE, Reply
 
@@ -137,11 +143,10 @@ def handle(
 
 def _command_contract(function: Callable[..., Any]) -> Any:
     """The contract `C` of `function`'s first parameter, annotated `Command[C]`."""
-    hints = get_type_hints(function)
-    first = next(iter(hints.values()), None)
-    args = get_args(first) if get_origin(first) is Command else ()
-    if len(args) == 1 and isinstance(args[0], type) and issubclass(args[0], Contract):
-        return args[0]
+    first = next(iter(get_type_hints(function).values()), None)
+    contract = contract_of(first, Command)
+    if contract is not None:
+        return contract
     name = getattr(function, "__qualname__", repr(function))
     raise TypeError(
         f"{name}: a handler is `async def f(command: Command[SomeContract], context:"
