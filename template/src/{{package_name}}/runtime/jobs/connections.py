@@ -9,7 +9,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from ..errors import StartupError
 from ..kafka import new_consumer, new_producer, start_client
 from ..readmodel import ReadModel
-from ..service import connect_redis
+from ..service import connect_redis, key_prefix
 from ..settings import ServiceSettings
 from ..versions import ReadModelLostError
 
@@ -33,7 +33,9 @@ async def clients(settings: ServiceSettings) -> AsyncIterator[Clients]:
         consumer = new_consumer(settings, group_id=None)
         await start_client(consumer, settings)
         stack.push_async_callback(consumer.stop)
-        yield Clients(ReadModel(redis, settings.redis_key_prefix), producer, consumer)
+        # Where the service keeps its read model, also when an older release chose the prefix.
+        readmodel = ReadModel(redis, await key_prefix(redis, settings))
+        yield Clients(readmodel, producer, consumer)
 
 
 async def existing(readmodel: ReadModel) -> ReadModel:
