@@ -136,6 +136,42 @@ def dlq_redrive() -> None:
     typer.echo(f"applied {projector.applied}, dead-lettered again {projector.dead_lettered}")
 
 
+@dlq.command("parked")
+def dlq_parked() -> None:
+    """Print the parked entities, longest waiting first, one JSON object per line."""
+    for entry in _run_job(jobs.parked.parked(load_settings())):
+        typer.echo(orjson.dumps(entry).decode())
+
+
+Entity = Annotated[str, typer.Argument(help="The parked entity, as COLLECTION/KEY")]
+
+
+@dlq.command("release")
+def dlq_release(entity: Entity) -> None:
+    """Replay an entity's parked events in order (after a fix, or once the entity exists)."""
+    outcome = _run_job(jobs.parked.release(load_settings(), REGISTRY, _entity(entity)))
+    typer.echo(orjson.dumps(outcome).decode())
+
+
+@dlq.command("skip")
+def dlq_skip(entity: Entity) -> None:
+    """Set the first parked event of an entity aside (logged, sent to the dead-letter topic),
+    then replay the rest in order."""
+    ref = _entity(entity)
+    outcome = _run_job(jobs.parked.release(load_settings(), REGISTRY, ref, skip_head=True))
+    typer.echo(orjson.dumps(outcome).decode())
+
+
+def _entity(text: str) -> tuple[str, str]:
+    collection, slash, key = text.partition("/")
+    if not slash or not key or collection not in REGISTRY.collections:
+        known = ", ".join(sorted(REGISTRY.collections)) or "none"
+        raise typer.BadParameter(
+            f"{text!r}: expected COLLECTION/KEY, COLLECTION one of: {known}", param_hint="ENTITY"
+        )
+    return collection, key
+
+
 @cli.command("publish")
 def publish_command(
     event_type: Annotated[

@@ -19,7 +19,7 @@ from typing import Any, Literal, NamedTuple, cast
 from aiokafka import TopicPartition
 from redis.asyncio import Redis
 
-from .keyspace import Keyspace
+from .keyspace import Keyspace, Slot
 from .projection import Collection
 from .redis import hget_each
 from .versions import ReadModelLostError
@@ -40,10 +40,12 @@ class Link(NamedTuple):  # a tuple: a batch makes one per lookup change
 
 @dataclass
 class Writes:
-    """The outcome of folding a batch: new entity states (None deletes) and lookup changes; and,
-    from a snapshot, hashes' fields written as they were exported."""
+    """The outcome of folding a batch: new entity states (None deletes), other fields written
+    (histories, parked events; None deletes) and lookup changes; and, from a snapshot, hashes'
+    fields written as they were exported."""
 
     states: dict[EntityRef, bytes | None] = field(default_factory=dict)
+    slots: dict[Slot, bytes | None] = field(default_factory=dict)
     linked: list[Link] = field(default_factory=list)
     unlinked: list[Link] = field(default_factory=list)
     hashes: dict[str, dict[str, bytes]] = field(default_factory=dict)  # hash -> field -> value
@@ -112,7 +114,8 @@ end
 for _ = 1, tonumber(arg()) do
   if (redis.call('GET', key()) or '') ~= arg() then return 'moved' end
 end
--- Entities read: hash; field, then JSON or '' when absent (JSON is never empty).
+-- Fields read (entities, then their histories): hash; field, then the value or '' when absent
+-- (a value is never empty).
 for _ = 1, tonumber(arg()) do
   k, a = k + 1, a + 2
   if (redis.call('HGET', KEYS[k], ARGV[a - 1]) or '') ~= ARGV[a] then return 'changed' end
@@ -121,7 +124,8 @@ end
 for _ = 1, tonumber(arg()) do
   redis.call('SET', key(), arg())
 end
--- Entities written: hash; field, then JSON or '' to delete.
+-- Fields written (entities, then histories and parked events): hash; field, then the value or ''
+-- to delete.
 for _ = 1, tonumber(arg()) do
   k, a = k + 1, a + 2
   if ARGV[a] == '' then
@@ -185,6 +189,12 @@ class Batches:
         found = await hget_each(self.redis, [self.keys.entity(*ref) for ref in refs])
         return dict(zip(refs, found, strict=True))
 
+    async def read_slots(self, slots: Sequence[Slot]) -> dict[Slot, bytes | None]:
+        """The value of each hash field (None: absent), in one round trip."""
+        if not slots:
+            return {}
+        return dict(zip(slots, await hget_each(self.redis, list(slots)), strict=True))
+
     async def positions(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int | None]:
         """The next offset to apply from each partition (None: none applied yet)."""
         if not tps:
@@ -202,14 +212,16 @@ class Batches:
         read: Mapping[EntityRef, bytes | None],
         writes: Writes,
         *,
+        guards: Mapping[Slot, bytes | None] | None = None,
         bootstrapping: bool = False,
     ) -> Outcome:
         """Write `writes` and the `new` positions if the stored positions are still `expected`
-        and the entities still as `read`: 'ok'. Else nothing is written: 'moved' when a position
-        or the live version moved on (re-seek), 'changed' when an entity read did (read and fold
-        again). While a snapshot export holds the freeze, it waits. Unless `bootstrapping`, raises
-        ReadModelLostError while the live version waits for its bootstrap."""
-        keys, args = self._arguments(expected, new, read, writes, bootstrapping)
+        and the entities still as `read` (and other fields as `guards`): 'ok'. Else nothing is
+        written: 'moved' when a position or the live version moved on (re-seek), 'changed' when
+        an entity or field read did (read and fold again). While a snapshot export holds the
+        freeze, it waits. Unless `bootstrapping`, raises ReadModelLostError while the live
+        version waits for its bootstrap."""
+        keys, args = self._arguments(expected, new, read, guards or {}, writes, bootstrapping)
         while True:
             outcome = await self.redis.eval(_COMMIT, len(keys), *keys, *args)
             if outcome != b"frozen":
@@ -237,6 +249,7 @@ class Batches:
         expected: Mapping[TopicPartition, int | None],
         new: Mapping[TopicPartition, int],
         read: Mapping[EntityRef, bytes | None],
+        guards: Mapping[Slot, bytes | None],
         writes: Writes,
         bootstrapping: bool,
     ) -> tuple[list[str], list[Any]]:
@@ -249,21 +262,27 @@ class Batches:
         for tp, offset in expected.items():
             names.append(keys.position(tp))
             args.append("" if offset is None else offset)
-        args.append(len(read))
+        args.append(len(read) + len(guards))
         slots = {ref: keys.entity(*ref) for ref in read}  # made once: most are written too
         for ref, json in read.items():
             hash_, name = slots[ref]
             names.append(hash_)
             args += (name, json or b"")
+        for (hash_, name), raw in guards.items():
+            names.append(hash_)
+            args += (name, raw or b"")
         args.append(len(new))
         for tp, offset in new.items():
             names.append(keys.position(tp))
             args.append(offset)
-        args.append(len(writes.states))
+        args.append(len(writes.states) + len(writes.slots))
         for ref, state in writes.states.items():
             hash_, name = slots.get(ref) or keys.entity(*ref)
             names.append(hash_)
             args += (name, state or b"")
+        for (hash_, name), raw in writes.slots.items():
+            names.append(hash_)
+            args += (name, raw or b"")
         chunks = [
             (hash_, items[start : start + 1000])  # Lua's unpack() takes a few thousand
             for hash_, fields in writes.hashes.items()

@@ -22,6 +22,10 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
+# The layout this code writes. A live version written in an older one is served as it is while a
+# rebuild at start writes the next version in this one (service.py).
+LAYOUT = 2
+
 # Fixed for a layout: 1024 buckets of up to 512 entities keep 500k entities per collection compact;
 # beyond that the buckets become hash tables: still correct, less compact.
 BUCKETS = 1024
@@ -56,6 +60,8 @@ class Keyspace:
         self._version = version
         self._versioned = versioned = f"{self._tag}v{version}:"  # built once: keys are per entity
         self.bootstrap = versioned + "bootstrap"
+        self.layout = versioned + "layout"  # the layout the version was written in: LAYOUT
+        self.parked = versioned + "parked"
         self.everything = versioned + "*"  # a SCAN pattern: every key of this version
         self.positions = versioned + "pos:*"
 
@@ -80,6 +86,30 @@ class Keyspace:
         """The hash an entity lives in, and its field there. (Inlined: a batch asks for a slot per
         entity it reads and writes.)"""
         return f"{self._versioned}e:{collection}:{zlib.crc32(key.encode()) % BUCKETS}", key
+
+    def history(self, collection: str, key: str) -> Slot:
+        """The hash an entity's history lives in (fold.py), and its field there."""
+        return f"{self._versioned}h:{collection}:{zlib.crc32(key.encode()) % BUCKETS}", key
+
+    def history_bucket(self, collection: str, bucket: int) -> str:
+        return f"{self._versioned}h:{collection}:{bucket}"
+
+    def parked_bucket(self, collection: str, bucket: int) -> str:
+        return f"{self._versioned}pk:{collection}:{bucket}"
+
+    def parked_event(self, collection: str, key: str, index: int) -> Slot:
+        """Where the `index`th event of an entity's parked sequence is stored."""
+        bucket = zlib.crc32(key.encode()) % BUCKETS
+        return f"{self._versioned}pk:{collection}:{bucket}", f"{index}:{key}"
+
+    def parked_entity(self, collection: str, key: str) -> Slot:
+        """The field of the index of parked entities that names this one."""
+        return self.parked, f"{collection}:{key}"
+
+    def parse_parked_entity(self, name: str | bytes) -> tuple[str, str]:
+        """(collection, key) of a field of the index of parked entities."""
+        collection, _, key = (name.decode() if isinstance(name, bytes) else name).partition(":")
+        return collection, key
 
     def lookup_bucket(self, collection: str, lookup: str, bucket: int) -> str:
         return f"{self._versioned}lk:{collection}:{lookup}:{bucket}"
@@ -136,6 +166,15 @@ def layout() -> list[tuple[str, str]]:
         (keys.commands_done, "pub/sub channel: the id of each command completed"),
         (keys.bucket("<collection>", bucket), "hash: entity key -> entity JSON"),
         (
+            keys.history_bucket("<collection>", bucket),
+            "hash: entity key -> its history: events applied, order, partitions, parked",
+        ),
+        (
+            keys.parked_bucket("<collection>", bucket),
+            "hash: `<n>:<entity key>` -> the nth event of its parked sequence",
+        ),
+        (keys.parked, "hash: `<collection>:<entity key>` -> a parked sequence's summary"),
+        (
             keys.lookup_bucket("<collection>", "<lookup>", bucket),
             "hash: value hash -> entity key, or a JSON list of keys",
         ),
@@ -144,4 +183,5 @@ def layout() -> list[tuple[str, str]]:
             "the next offset to apply from that partition",
         ),
         (keys.bootstrap, "`pending` until the version's bootstrap is done, then `done`"),
+        (keys.layout, "the layout the version was written in (absent: 1)"),
     ]

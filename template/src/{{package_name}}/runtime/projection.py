@@ -9,6 +9,7 @@ import inspect
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import cached_property
 from typing import (
     Annotated,
@@ -22,6 +23,7 @@ from typing import (
     get_args,
     get_origin,
     get_type_hints,
+    overload,
 )
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
@@ -46,6 +48,11 @@ class Contract(BaseModel):
     # Who publishes the event (or accepts the command); None: the upstream the service was
     # generated with (runtime.upstreams).
     UPSTREAM: ClassVar[Upstream | None] = None
+    # What orders the events of one entity, where the upstream guarantees it: the name of an
+    # integer field of the data (a per-entity sequence or version), or "time" (the CloudEvent's
+    # `time`). An event older than what its entity has seen is then skipped, never applied over
+    # it. None: the upstream promises no order beyond its partitions'.
+    ORDERED_BY: ClassVar[str | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -54,6 +61,16 @@ class Contract(BaseModel):
             raise TypeError(
                 f"{cls.__name__}.TYPE = {declared!r}: expected a versioned type such as"
                 " 'persona.created.v1' (lowercase words and dots, ending in .v<number>)"
+            )
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        by = cls.ORDERED_BY
+        if by is not None and by != "time" and by not in cls.model_fields:
+            raise TypeError(
+                f"{cls.__name__}.ORDERED_BY = {by!r}: expected 'time' or the name of one of its"
+                f" integer fields ({', '.join(cls.model_fields) or 'it has none'})"
             )
 
 
@@ -78,6 +95,13 @@ class UnknownEventTypeError(InvalidEventError):
 
 class InvalidDataError(InvalidEventError):
     """The event's data does not validate against its contract."""
+
+
+# What a projection does with an event whose entity does not exist (yet): hand it the None state
+# ("apply": creators, upserts, deletes), park it until the entity exists, skip it on purpose
+# (counted), or dead-letter it.
+Missing = Literal["apply", "park", "ignore", "dead-letter"]
+MISSING_POLICIES: tuple[Missing, ...] = get_args(Missing)
 
 
 class Event(BaseModel, Generic[D]):
@@ -132,26 +156,91 @@ class Projection(Generic[D, S]):
     key: Callable[[Event[D]], str]
     apply: Callable[[S | None, Event[D]], S | None]
     _checked: bool = field(default=False, repr=False, compare=False)
+    missing: Missing = "apply"
 
     def __post_init__(self) -> None:
         if not self._checked:  # written out by hand, as before project() existed
             deprecated("Projection(type, data, ...)", "project(apply, into=..., key=...)")
+        if self.missing not in MISSING_POLICIES:
+            raise ValueError(
+                f"{self.event_type}: missing={self.missing!r}; expected one of"
+                f" {', '.join(MISSING_POLICIES)}"
+            )
+
+    @cached_property
+    def order(self) -> Callable[[Event[Any]], int] | None:
+        """The ordering value of an event, as its contract declares it (None: none declared)."""
+        by = getattr(self.data, "ORDERED_BY", None)
+        if by is None:
+            return None
+        if by == "time":
+            return _time_order
+        return lambda event: _sequence_order(event, by)
 
 
+@overload
+def project(
+    apply: Callable[[S, Event[C]], S | None],
+    *,
+    into: Collection[S],
+    key: Callable[[Event[C]], str],
+    missing: Literal["park", "ignore", "dead-letter"],
+) -> Projection[C, S]: ...
+
+
+@overload
 def project(
     apply: Callable[[S | None, Event[C]], S | None],
     *,
     into: Collection[S],
     key: Callable[[Event[C]], str],
+    missing: Literal["apply"] = "apply",
+) -> Projection[C, S]: ...
+
+
+def project(
+    apply: Callable[[S | None, Event[C]], S | None] | Callable[[S, Event[C]], S | None],
+    *,
+    into: Collection[S],
+    key: Callable[[Event[C]], str],
+    missing: Missing = "apply",
 ) -> Projection[C, S]:
-    """The projection of `apply`, a pure function `(state | None, event) -> state | None`.
+    """The projection of `apply`, a pure function `(state, event) -> state | None` (None deletes).
+
+    `missing` says what an event means when its entity does not exist (yet): "apply" hands
+    `apply` the state None (creators, upserts, deletes); "park" keeps the event, and every later
+    one of that entity, until an event that creates it arrives, then applies them in order;
+    "ignore" skips it, counted; "dead-letter" sends it to the dead-letter topic. With any but
+    "apply", `apply` is only ever called with an existing state, as its annotation may then say.
 
     The event type and its data's contract come from `apply`'s annotation `event: Event[C]`, so
     they cannot disagree with it; mypy checks that `into` holds what `apply` returns and that `key`
     reads the same event.
     """
     data: type[C] = _event_contract(apply)
-    return Projection(type_of(data), data, into, key, apply, _checked=True)
+    fold = cast(Callable[[S | None, Event[C]], S | None], apply)
+    return Projection(type_of(data), data, into, key, fold, _checked=True, missing=missing)
+
+
+def _time_order(event: Event[Any]) -> int:
+    """The event's `time` in microseconds since the epoch, to order by."""
+    try:
+        moment = datetime.fromisoformat(event.time or "")
+    except ValueError:
+        raise InvalidDataError(
+            f"{event.type}: its contract orders by time, and `time` is {event.time!r},"
+            " not an RFC 3339 timestamp with a UTC offset"
+        ) from None
+    if moment.tzinfo is None:
+        raise InvalidDataError(f"{event.type}: `time` {event.time!r} has no UTC offset")
+    return int(moment.timestamp() * 1_000_000)
+
+
+def _sequence_order(event: Event[Any], by: str) -> int:
+    value = getattr(event.data, by, None)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidDataError(f"{event.type}: its contract orders by {by!r}, not an integer here")
+    return value
 
 
 def contract_of(hint: Any, generic: Any) -> Any | None:
@@ -204,12 +293,27 @@ class Upcaster:
 
 @dataclass(slots=True)
 class Change:
-    """One projection's verdict on one event: which entity, and the function that moves it."""
+    """One projection's verdict on one event: which entity, the function that moves it, what a
+    missing entity means to it, and the event's ordering value (None: its contract has none)."""
 
     collection: Collection[Any]
     key: str
     event: Event[Any]
     apply: Callable[[Any, Event[Any]], Any]
+    missing: Missing = "apply"
+    order: int | None = None
+
+    @classmethod
+    def of(cls, projection: "Projection[Any, Any]", event: Event[Any]) -> "Change":
+        order = projection.order
+        return cls(
+            projection.collection,
+            projection.key(event),
+            event,
+            projection.apply,
+            projection.missing,
+            None if order is None else order(event),
+        )
 
 
 class Registry:
@@ -262,10 +366,17 @@ class Registry:
         return models
 
     def _changes(self, event: Event[Any]) -> list[Change]:
-        return [
-            Change(p.collection, p.key(event), event, p.apply)
-            for p in self._projections.get(event.type, ())
-        ]
+        return [Change.of(p, event) for p in self._projections.get(event.type, ())]
+
+    def reread(self, parked: Any, ref: tuple[str, str]) -> Change:
+        """The change a stored record (a parked event's) makes to the entity `ref`; raises
+        InvalidEventError when it is no longer valid or changes that entity no more."""
+        record = parked.record
+        _, changes = self.read(record.value, record.headers)
+        for change in changes:
+            if (change.collection.name, change.key) == ref:
+                return change
+        raise InvalidEventError(f"no projection of it changes {ref[0]}/{ref[1]} any more")
 
     def projections(self) -> list[Projection[Any, Any]]:
         return [p for group in self._projections.values() for p in group]
@@ -312,9 +423,7 @@ class Registry:
                 subject=envelope.subject,
                 data=payload,
             )
-            changes.append(
-                Change(projection.collection, projection.key(event), event, projection.apply)
-            )
+            changes.append(Change.of(projection, event))
         return changes
 
     def _upcast(self, event_type: str, data: Any) -> tuple[str, Any]:

@@ -20,7 +20,6 @@ again by whoever applies the batch: at-least-once, recognisable by their source 
 import asyncio
 import logging
 import time
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -29,14 +28,15 @@ from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
-from .commit import EntityRef, Writes, decoded, writes_for
+from .commit import EntityRef, Writes, decoded
 from .deadletter import DeadLetter, DeadLetters, Retry
 from .events import InvalidEventError
+from .fold import Fold, History, Work, parked_sequences, stored_writes
 from .kafka import Record, reached, seek
 from .kafka.unreadable import Unreadable, UnreadableRecord, locate, readable_before
 from .observability import logs
 from .observability.instruments import Instruments
-from .projection import Change, Collection, Registry
+from .projection import Registry
 from .readmodel import ReadModel
 from .settings import ServiceSettings
 from .versions import ReadModelLostError
@@ -44,8 +44,6 @@ from .versions import ReadModelLostError
 log = logging.getLogger(__name__)
 
 FAILED_BATCH_MAX_WAIT_S = 30.0  # the longest wait between tries of a batch that keeps failing
-
-Work = list[tuple[Record, list[Change]]]  # a batch's records, each with the changes it makes
 
 
 class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
@@ -68,6 +66,9 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
         self._registry = registry
         self._dead_letters = dead_letters
         self._retry = Retry.of(settings)
+        self._window = settings.idempotence_window
+        self._park_max = settings.park_max_events
+        self._conflicted: set[str] = set()  # topics whose partition conflicts were logged
         self._max_batch = settings.consumer_max_batch
         self._poll_timeout_ms = settings.consumer_poll_timeout_ms
         self._instruments = instruments or Instruments()
@@ -244,12 +245,10 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
         started = time.perf_counter()
         rejected: list[DeadLetter] = []
         work: Work = []
-        applied: Counter[tuple[str, str]] = Counter()
         for record in records:
             try:
-                event_type, changes = self._registry.read(record.value, record.headers)
+                _, changes = self._registry.read(record.value, record.headers)
                 work.append((record, changes))
-                applied[record.topic, event_type] += 1
             except InvalidEventError as exc:
                 error = record.error if isinstance(record, UnreadableRecord) else exc
                 rejected.append(DeadLetter(record, error))
@@ -257,13 +256,14 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
 
         sent: set[tuple[str, int, int]] = set()  # where the letters sent so far came from
         while True:
-            current = await self._batches.read(refs)
-            writes, failed = await self._fold(work, current)
-            letters = rejected + failed
+            current, histories = await self._read(refs)
+            writes, folded, letters = await self._fold(work, current, histories)
+            letters = rejected + letters
             unsent = [letter for letter in letters if _source(letter) not in sent]
             await self._dead_letters.send(unsent)
             sent.update(map(_source, unsent))
-            outcome = await self._batches.commit(expected, new, current, writes)
+            guards = {self._batches.keys.history(*ref): raw for ref, raw in histories.items()}
+            outcome = await self._batches.commit(expected, new, current, writes, guards=guards)
             if outcome != "changed":
                 break
             # Another consumer wrote an entity of the batch (a join): read and fold again.
@@ -274,39 +274,99 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
             return {}
         self._positions.update(new)
         self.committed_at = time.monotonic()
-        self.applied += len(work)
         self.dead_lettered += len(letters)
+        self._report(folded, work)
         instruments = self._instruments
-        for (topic, event_type), count in applied.items():
-            instruments.events_applied.labels(topic, event_type).inc(count)
         instruments.batch_seconds.observe(time.perf_counter() - started)
         instruments.batch_events.observe(len(records))
         return new
 
+    async def _read(
+        self, refs: list[EntityRef]
+    ) -> tuple[dict[EntityRef, bytes | None], dict[EntityRef, bytes | None]]:
+        """The entities' stored JSON and their histories, in one round trip."""
+        keys = self._batches.keys
+        slots = [keys.entity(*ref) for ref in refs] + [keys.history(*ref) for ref in refs]
+        found = list((await self._batches.read_slots(slots)).values())
+        count = len(refs)
+        return dict(zip(refs, found[:count], strict=True)), dict(
+            zip(refs, found[count:], strict=True)
+        )
+
     async def _fold(
-        self, work: Work, current: Mapping[EntityRef, bytes | None]
-    ) -> tuple[Writes, list[DeadLetter]]:
-        """Fold the batch onto the `current` states. While events raise, they are left out and
-        the batch folded again after a wait (a fold is synchronous: nothing waits within it),
-        until they have failed every attempt: then they are dead letters, left out of the
-        writes."""
+        self,
+        work: Work,
+        current: Mapping[EntityRef, bytes | None],
+        stored: Mapping[EntityRef, bytes | None],
+    ) -> tuple[Writes, Fold, list[DeadLetter]]:
+        """Fold the batch onto the `current` states and `stored` histories (fold.py). While
+        events raise, the batch is folded again after a wait (a fold is synchronous: nothing waits
+        within it), until they have failed every attempt: then they are parked."""
         collections = self._registry.collections
         before: dict[EntityRef, Any] = dict.fromkeys(current)
-        stored = {ref: raw for ref, raw in current.items() if raw is not None}
-        before.update(decoded(collections, stored))
-        writes, failed = fold(collections, work, before)
+        raws = {ref: raw for ref, raw in current.items() if raw is not None}
+        before.update(decoded(collections, raws))
+        histories = {ref: History.loads(raw) for ref, raw in stored.items()}
+        queues = await parked_sequences(self._batches, histories)
+
+        def fold(give_up: Mapping[int, Exception] | None = None) -> Fold:
+            return Fold(
+                before,
+                histories,
+                queues,
+                window=self._window,
+                park_max=self._park_max,
+                give_up=give_up,
+                reread=self._registry.reread,
+            ).run(work)
+
+        folded = fold()
         attempt = 1
-        while failed and attempt < self._retry.attempts:
-            for index, error in failed.items():
+        while folded.failed and attempt < self._retry.attempts:
+            for index, error in folded.failed.items():
                 record, changes = work[index]
                 where = _where(record)
                 with logs.handling(changes[0].event.id if changes else where):
                     log.warning("projecting %s failed (attempt %d): %r", where, attempt, error)
             await self._retry.wait(attempt)
             attempt += 1
-            writes, failed = fold(collections, work, before)
-        letters = [DeadLetter(work[i][0], error, attempts=attempt) for i, error in failed.items()]
-        return writes, letters
+            folded = fold()
+        give_up: dict[int, Exception] = {}
+        while folded.failed:  # every attempt failed: park them, with the entities they change
+            give_up.update(folded.failed)
+            folded = fold(give_up)
+        writes = stored_writes(folded, self._batches.keys, collections, before, stored)
+        letters = [DeadLetter(record, error) for record, error in folded.letters]
+        return writes, folded, letters
+
+    def _report(self, folded: Fold, work: Work) -> None:
+        """Count what the batch did to each entity, and report partitions that disagree."""
+        instruments = self._instruments
+        for (topic, event_type, outcome), count in folded.outcomes.items():
+            if outcome == "applied":
+                instruments.events_applied.labels(topic, event_type).inc(count)
+                self.applied += count
+            elif outcome == "parked":
+                instruments.events_parked.labels(topic, event_type).inc(count)
+            else:
+                instruments.events_skipped.labels(topic, event_type, outcome).inc(count)
+        for record, changes in work:
+            if not changes:  # a type this service knowingly ignores
+                instruments.events_skipped.labels(record.topic, "", "ignored").inc()
+        for (collection, key), record, other in folded.conflicts:
+            instruments.partition_conflicts.labels(record.topic).inc()
+            if record.topic not in self._conflicted:
+                self._conflicted.add(record.topic)
+                log.warning(
+                    "%s/%s has events from %s partitions %d and %d: the upstream does not key"
+                    " this entity's events alike, so their order is not kept (reported once per"
+                    " topic; bff_entity_partition_conflicts_total counts them all)",
+                    collection,
+                    key,
+                    record.topic,
+                    other,
+                    record.partition,
+                )
 
     async def _commit_to_kafka(self, new: dict[TopicPartition, int]) -> None:
         """Mirror positions into Kafka so lag monitoring sees them; Redis stays the authority."""
@@ -316,30 +376,6 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
             await self.consumer.commit(new)
         except KafkaError as exc:
             log.debug("offset commit for monitoring failed: %r", exc)
-
-
-def fold(
-    collections: Mapping[str, Collection[Any]], work: Work, before: Mapping[EntityRef, Any]
-) -> tuple[Writes, dict[int, Exception]]:
-    """The writes of the events of `work` applied in order onto the states `before`, and what
-    each event that raised raised (by its index): such an event changes nothing."""
-    states = dict(before)
-    failed: dict[int, Exception] = {}
-    for index, (_, changes) in enumerate(work):
-        try:
-            states.update(_applied(changes, states))
-        except Exception as exc:
-            failed[index] = exc
-    return writes_for(collections, before, states), failed
-
-
-def _applied(changes: list[Change], states: dict[EntityRef, Any]) -> dict[EntityRef, Any]:
-    """The states one event's changes lead to (raising leaves `states` untouched)."""
-    updated: dict[EntityRef, Any] = {}
-    for change in changes:
-        ref = (change.collection.name, change.key)
-        updated[ref] = change.apply(updated.get(ref, states[ref]), change.event)
-    return updated
 
 
 def _source(letter: DeadLetter) -> tuple[str, int, int]:

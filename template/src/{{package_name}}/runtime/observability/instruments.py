@@ -26,6 +26,26 @@ class Instruments:
             ["topic", "type"],
             registry=registry,
         )
+        self.events_skipped = Counter(
+            "bff_events_skipped",
+            "Upstream events not applied to an entity, by why: duplicate (already applied),"
+            " stale (older than what the entity has seen), missing (no entity, ignored on"
+            " purpose), ignored (a type this service skips)",
+            ["topic", "type", "reason"],
+            registry=registry,
+        )
+        self.events_parked = Counter(
+            "bff_events_parked",
+            "Upstream events parked behind their entity's parked sequence",
+            ["topic", "type"],
+            registry=registry,
+        )
+        self.partition_conflicts = Counter(
+            "bff_entity_partition_conflicts",
+            "Events that reached an entity from another partition of their topic than the last",
+            ["topic"],
+            registry=registry,
+        )
         self.dead_letters = Counter(
             "bff_dead_letters",
             "Records sent to the dead-letter topic, by where they came from and why",
