@@ -4,8 +4,8 @@ the operator's two ways to move it on.
 `release` replays an entity's parked sequence in order, with the same rules as live events
 (fold.py): after a fix of the projection, or once its entity exists. `skip` first drops the
 sequence's first event: it is logged at WARNING and sent to the dead-letter topic, so it is set
-aside, never lost; the rest replays. Both commit like a batch (commit.py): when the projector writes the entity
-meanwhile, they read it again and replay again.
+aside, never lost; the rest replays. Both commit like a batch (commit.py): when the projector
+writes the entity meanwhile, they read it again and replay again.
 """
 
 import logging
