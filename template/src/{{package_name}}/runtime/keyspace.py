@@ -127,6 +127,19 @@ class Keyspace:
     def lookup_buckets(self, collection: str = "*", lookup: str = "*") -> str:
         return f"{self._versioned}lk:{collection}:{lookup}:*"
 
+    def per_entity(self) -> list[str]:
+        """SCAN patterns: the hashes kept per entity beside it (histories, parked events, the
+        index of parked entities), which a snapshot carries as they are."""
+        return [f"{self._versioned}h:*", f"{self._versioned}pk:*", self.parked]
+
+    def relative(self, key: str | bytes) -> str:
+        """A key of this version without the version's prefix (what a snapshot records)."""
+        return self._rest(key, "")
+
+    def absolute(self, relative: str) -> str:
+        """The key of this version that `relative` names."""
+        return self._versioned + relative
+
     def parse_bucket(self, key: str | bytes) -> tuple[str, int]:
         """(collection, bucket) of an entity bucket of this version."""
         collection, bucket = self._rest(key, "e:").rsplit(":", 1)

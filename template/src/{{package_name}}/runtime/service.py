@@ -24,7 +24,7 @@ from .commands.sending import CommandBus
 from .deadletter import DeadLetters, Retry
 from .errors import StartupError
 from .kafka import new_consumer, new_producer, start_client
-from .keyspace import Keyspace
+from .keyspace import LAYOUT, Keyspace
 from .observability.instruments import Instruments
 from .progress import Progress
 from .projection import Registry
@@ -272,11 +272,34 @@ async def running(
             keep("watchdog", lambda: service.freshness.watch(projector, stopping))
         keep("projector", lambda: _go_live(settings, registry, service, projector))
         keep("version", lambda: _follow_version(service, stopping))
+        if projector is not None and await readmodel.versions.layout() < LAYOUT:
+            keep("upgrade", lambda: _upgrade(settings, registry, readmodel))
         keep("commands", lambda: worker.run(stopping))
         keep("replies", lambda: bus.consume_replies(replies, dead_letters, stopping))
         keep("completions", lambda: bus.listen(stopping))
         log.info("%s started", settings.service_name)
         yield service
+
+
+async def _upgrade(settings: ServiceSettings, registry: Registry, readmodel: ReadModel) -> None:
+    """Rebuild a read model written in an older layout, while it serves: what it stores is read
+    alike, only what the new layout adds (entities' histories) is missing until then."""
+    from .jobs.rebuild import rebuild  # the jobs build on this module: imported when used
+
+    old = await readmodel.versions.layout()
+    log.warning(
+        "the read model (version %d) was written in layout %d: rebuilding it in layout %d while"
+        " it serves",
+        readmodel.keys.version,
+        old,
+        LAYOUT,
+    )
+    try:
+        version = await rebuild(settings, registry)
+    except RuntimeError as exc:  # another instance is rebuilding it: it swaps for everyone
+        log.info("layout upgrade left to another instance: %s", exc)
+        return
+    log.info("read model rebuilt in layout %d as version %d", LAYOUT, version)
 
 
 async def _go_live(

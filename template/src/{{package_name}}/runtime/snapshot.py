@@ -4,6 +4,8 @@ Format. One export is a set of records, spread over the topic's partitions, each
 `snapshot.export` (the export's id) and `snapshot.kind`:
 
     entity    key `<collection>:<entity key>`     value: the entity's JSON
+    hash      key `["<hash>", "<field>"]` (JSON)   value: as stored: the entities' histories,
+                                                  parked events and the parked index (keyspace.py)
     lookup    key `<collection>:<lookup>:<bucket>:<field>`
                                                   value: the lookup entry as stored (keyspace.py)
     position  key `<topic>:<partition>`           value: the next offset to apply there (ASCII)
@@ -102,6 +104,9 @@ async def export(
         async for key in redis.scan_iter(match=keys.buckets(), count=1000):
             collection, _ = keys.parse_bucket(key)
             hashes.append((b"entity", key, collection))
+        for pattern in keys.per_entity():  # as they are: a record's key is [hash, field]
+            async for key in redis.scan_iter(match=pattern, count=1000):
+                hashes.append((b"hash", key, keys.relative(key)))
         lookups: dict[str, set[str]] = {}
         async for key in redis.scan_iter(match=keys.lookup_buckets(), count=1000):
             collection, lookup, bucket = keys.parse_lookup_bucket(key)
@@ -120,7 +125,10 @@ async def export(
             batch = filling.get(partition) or producer.create_batch()
             of_kind = [*headers, (KIND, kind)]
             for name, value in fields.items():
-                record = {"key": f"{prefix}:{name.decode()}".encode(), "value": value}
+                if kind == b"hash":
+                    record = {"key": orjson.dumps([prefix, name.decode()]), "value": value}
+                else:
+                    record = {"key": f"{prefix}:{name.decode()}".encode(), "value": value}
                 while batch.append(**record, timestamp=None, headers=of_kind) is None:  # full
                     sent.append(await producer.send_batch(batch, topic, partition=partition))
                     batch = producer.create_batch()
@@ -326,6 +334,10 @@ class _Reader:
                         key = self._lookups.get(hashed) or self._lookup_key(hashed)
                         batch.hashes.setdefault(key, {})[entry] = record.value
                         batch.lookup_entries += 1
+                elif kind == b"hash":  # histories, parked events
+                    relative, name = orjson.loads(record.key)
+                    hash_ = self._keys.absolute(relative)
+                    batch.hashes.setdefault(hash_, {})[name] = record.value
                 elif kind == b"position":
                     topic_name, partition = record.key.decode().rsplit(":", 1)
                     batch.upstream[TopicPartition(topic_name, int(partition))] = int(record.value)

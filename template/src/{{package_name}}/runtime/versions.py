@@ -13,7 +13,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from .keyspace import BUCKETS, Keyspace
+from .keyspace import BUCKETS, LAYOUT, Keyspace
 from .projection import Collection
 
 
@@ -25,6 +25,7 @@ class ReadModelLostError(Exception):
 _INITIALISE = """
 if redis.call('SET', KEYS[1], '1', 'NX') then
   redis.call('SET', KEYS[2], 'pending')
+  redis.call('SET', KEYS[3], ARGV[1])
   return 1
 end
 return 0
@@ -43,9 +44,21 @@ class Versions:
         """Point at version 1, marked as waiting for its bootstrap, if nothing does yet (both at
         once, so a second instance never sees one without the other); True when brand new."""
         first = self.keys.at(1)
-        created = bool(await self.redis.eval(_INITIALISE, 2, first.pointer, first.bootstrap))
+        created = bool(
+            await self.redis.eval(
+                _INITIALISE, 3, first.pointer, first.bootstrap, first.layout, LAYOUT
+            )
+        )
         await self.refresh()
         return created
+
+    async def layout(self) -> int:
+        """The layout this version was written in (keyspace.LAYOUT); 1 when it does not say."""
+        return int(await self.redis.get(self.keys.layout) or 1)
+
+    async def mark_layout(self) -> None:
+        """Record that this version is written in the current layout."""
+        await self.redis.set(self.keys.layout, LAYOUT)
 
     async def awaits_bootstrap(self) -> bool:
         return await self.redis.get(self.keys.bootstrap) == b"pending"
@@ -77,9 +90,11 @@ class Versions:
     async def drop_entities(self, collections: Mapping[str, Collection[Any]]) -> int:
         """Delete the entities and lookups of `collections` in this version (not its positions or
         markers). Their keys are known, so no SCAN walks the whole keyspace."""
-        keys = []
+        keys = [self.keys.parked]
         for name, collection in collections.items():
             keys += [self.keys.bucket(name, bucket) for bucket in range(BUCKETS)]
+            keys += [self.keys.history_bucket(name, bucket) for bucket in range(BUCKETS)]
+            keys += [self.keys.parked_bucket(name, bucket) for bucket in range(BUCKETS)]
             for lookup in collection.lookups:
                 keys += [self.keys.lookup_bucket(name, lookup, b) for b in range(BUCKETS)]
         return await self._unlink(keys)

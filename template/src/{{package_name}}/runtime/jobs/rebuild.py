@@ -70,6 +70,7 @@ async def rebuild(
                 latest: dict[TopicPartition, int] = await c.consumer.end_offsets(tps)
                 if sum(latest.values()) - sum(end.values()) <= settings.ready_max_lag:
                     break
+            await building.versions.mark_layout()
             await live.versions.swap(old + 1)
             await asyncio.sleep(grace_s)  # instances move their queries within a second
             await live.at(old).versions.drop()
