@@ -3,11 +3,13 @@
 import asyncio
 import gc
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
+import orjson
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 from redis.asyncio import Redis
@@ -64,6 +66,7 @@ class Service:
     caught_up: bool = False  # once true, Kafka lag no longer takes this instance out of service
     recoveries: int = 0  # times the read model was found gone from Redis and bootstrapped again
     rebuild: dict[str, int] = field(default_factory=dict)  # a running rebuild's done/total
+    parked: "ParkedSummary" = field(default_factory=lambda: ParkedSummary(0, 0, 0.0))
     queries: Queries = field(init=False)  # the read-only view routes and handlers get
     loops: Loops = field(default_factory=Loops)
     freshness: Freshness = field(init=False)
@@ -113,6 +116,8 @@ class Service:
             body["stale"] = self.freshness.report(self.projector)
         if self.loops.failing:
             body["restarted"] = dict(self.loops.failing)  # each loop's last failure
+        if self.parked.entities:  # held back, while every other entity is current
+            body["parked"] = self.parked._asdict() | {"see": "dlq parked"}
         return ready, body
 
 
@@ -377,10 +382,29 @@ async def _follow_version(service: Service, stopping: asyncio.Event) -> None:
             rebuild = readmodel.keys.rebuild_progress
             progress = cast(dict[bytes, bytes], await readmodel.redis.hgetall(rebuild))
             service.rebuild = {name.decode(): int(value) for name, value in progress.items()}
+            service.parked = await parked_summary(readmodel)
         except (RedisError, OSError, ReadModelLostError) as exc:  # the projector recovers
             log.debug("version check failed: %r", exc)
         with suppress(TimeoutError):
             await asyncio.wait_for(stopping.wait(), VERSION_POLL_S)
+
+
+class ParkedSummary(NamedTuple):
+    """The parked sequences of the live version, in sum (fold.py)."""
+
+    entities: int
+    events: int
+    oldest_s: float  # how long the longest waiting one has waited
+
+
+async def parked_summary(readmodel: ReadModel) -> ParkedSummary:
+    index = readmodel.keys.parked
+    if not await readmodel.redis.hlen(index):
+        return ParkedSummary(0, 0, 0.0)
+    summaries = [orjson.loads(raw) for raw in await readmodel.redis.hvals(index)]
+    since = min(summary["since"] for summary in summaries)
+    events = sum(summary["count"] for summary in summaries)
+    return ParkedSummary(len(summaries), events, max(0.0, time.time() - since))
 
 
 async def _finish(tasks: list["asyncio.Task[None]"]) -> None:

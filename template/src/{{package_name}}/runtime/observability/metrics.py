@@ -35,6 +35,18 @@ class ServiceCollector(Collector):
         for of, records in service.rebuild.items():
             rebuild.add_metric([of], records)
         yield rebuild
+        parked = service.parked
+        yield GaugeMetricFamily(
+            "bff_parked_entities", "Entities whose events are parked", parked.entities
+        )
+        yield GaugeMetricFamily(
+            "bff_parked_events", "Events waiting in parked sequences", parked.events
+        )
+        yield GaugeMetricFamily(
+            "bff_parked_oldest_seconds",
+            "How long the longest waiting parked sequence has waited (0: none)",
+            parked.oldest_s,
+        )
         yield CounterMetricFamily(
             "bff_read_model_recoveries",
             "Times the read model was found gone from Redis and bootstrapped again",
