@@ -2,9 +2,10 @@
 
 - `dlq`: list the dead letters, redrive them.
 - `export`: export the read model as a snapshot to the private data topic.
+- `gaps`: list the partitions stopped on a gap, accept the loss of the records deleted.
 - `rebuild`: replay into a new version of the read model, then swap it in.
 """
 
-from . import dlq, export, rebuild
+from . import dlq, export, gaps, rebuild
 
-__all__ = ["dlq", "export", "rebuild"]
+__all__ = ["dlq", "export", "gaps", "rebuild"]
