@@ -235,6 +235,49 @@ def _data(text: str | None, path: Path | None) -> Any:
         raise typer.Exit(code=2) from None
 
 
+gaps = typer.Typer(
+    no_args_is_help=True,
+    help="Partitions stopped on a gap: records deleted before they were applied.",
+)
+cli.add_typer(gaps, name="gaps")
+
+
+@gaps.command("list")
+def gaps_list(
+    accepted: Annotated[
+        bool, typer.Option("--accepted", help="The gaps accepted so far instead, newest first")
+    ] = False,
+    limit: Annotated[int, typer.Option(min=1, help="Most accepted gaps to show")] = 100,
+) -> None:
+    """Print each gap of the read model now, one JSON object per line."""
+    settings = load_settings()
+    entries: list[dict[str, Any]]
+    if accepted:
+        entries = _run_job(jobs.gaps.accepted(settings, limit=limit))
+    else:
+        entries = [gap.as_dict() for gap in _run_job(jobs.gaps.current(settings, REGISTRY))]
+    for entry in entries:
+        typer.echo(orjson.dumps(entry).decode())
+
+
+@gaps.command("accept")
+def gaps_accept(
+    topic: Annotated[str, typer.Argument(help="The topic of the partition stopped")],
+    partition: Annotated[int, typer.Argument(min=0, help="The partition stopped")],
+) -> None:
+    """Accept the loss of the records deleted: the partition resumes from its log start.
+
+    Only when no snapshot can recover them (the service recovers from one by itself)."""
+    settings = load_settings()
+    logs.configure(settings.log_level, settings.log_format)
+    try:
+        gap = _run_job(jobs.gaps.accept(settings, topic, partition))
+    except jobs.gaps.RefusedError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from None
+    typer.echo(f"accepted: {gap.describe()}; the service resumes {topic}[{partition}] from there")
+
+
 snapshot = typer.Typer(no_args_is_help=True, help="Snapshots of the read model.")
 cli.add_typer(snapshot, name="snapshot")
 

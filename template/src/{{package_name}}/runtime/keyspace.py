@@ -50,6 +50,7 @@ class Keyspace:
         self.rebuilding = tag + "rebuilding"
         self.rebuild_progress = tag + "rebuild"
         self.commands_done = tag + "commands:done"
+        self.gaps_accepted = tag + "gaps:accepted"
 
     @property
     def version(self) -> int:
@@ -177,6 +178,7 @@ def layout() -> list[tuple[str, str]]:
         (keys.command("<command id>"), "hash: the status of a command this service sent"),
         (keys.handled("<command id>"), "a command this service handled (not handled again)"),
         (keys.commands_done, "pub/sub channel: the id of each command completed"),
+        (keys.gaps_accepted, "stream: each gap an operator accepted, who, when (`gaps accept`)"),
         (keys.bucket("<collection>", bucket), "hash: entity key -> entity JSON"),
         (
             keys.history_bucket("<collection>", bucket),

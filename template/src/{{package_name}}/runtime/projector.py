@@ -7,6 +7,14 @@ the batch folded again. On assignment the consumer seeks to the positions stored
 committed offsets are written afterwards for lag monitoring only. Records a partition has already
 applied are skipped, so a re-delivered batch changes nothing.
 
+A stored position before its partition's log start is a gap: the records between were deleted
+before they were applied. It is found when the consumer seeks to the stored positions, and when a
+fetch is refused as out of range (the service's consumer never moves to the earliest offset by
+itself). The partition is paused, not skipped past: it is reported once (an ERROR line,
+`bff_gaps_detected`) and listed in `gaps` until its stored position moves (a recovery from a
+snapshot, or an operator accepting the loss: gaps.py), while the other partitions go on. A job
+(`until`) raises GapError instead.
+
 A record the Kafka client cannot parse is dead-lettered by its position (kafka/unreadable.py),
 together with the rest of its record batch, which cannot be read past it, and committed past like
 any other.
@@ -20,11 +28,12 @@ again by whoever applies the batch: at-least-once, recognisable by their source 
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, NoOffsetForPartitionError, OffsetOutOfRangeError
 from redis.exceptions import RedisError
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
@@ -32,7 +41,7 @@ from .commit import EntityRef, Writes, decoded
 from .deadletter import DeadLetter, DeadLetters, Retry
 from .events import InvalidEventError
 from .fold import Fold, History, Work, parked_sequences, stored_writes
-from .kafka import Record, reached, seek
+from .kafka import Gap, GapError, Record, gaps, reached, seek
 from .kafka.unreadable import Unreadable, UnreadableRecord, locate, readable_before
 from .observability import logs
 from .observability.instruments import Instruments
@@ -85,22 +94,28 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
         self.dead_lettered = 0
         self.committed_at = time.monotonic()  # the last batch committed (or the start)
         self.failing: str | None = None  # why the last batch failed, until one commits
+        self.gaps: dict[TopicPartition, Gap] = {}  # assigned partitions paused on a gap
+        self._reported: set[tuple[TopicPartition, int]] = set()  # gaps logged (and counted)
+        # Per partition, how often it was sought: what a fetch begun before a seek returns of it
+        # is from the old position (the consumer's committed offset, on assignment), so dropped.
+        self._sought: Counter[TopicPartition] = Counter()
 
     # ------------------------------------------------------------------ rebalance listener
     async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
         async with self._batch_lock:
             for tp in revoked:
                 self._positions.pop(tp, None)
+                self.gaps.pop(tp, None)
 
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         async with self._batch_lock:
             try:
-                await self._seek_to_stored(list(assigned))
+                await self._seek_to_stored(list(assigned), found_on="assignment")
             except ReadModelLostError as exc:  # raised from run(), not into aiokafka
                 self._lost = exc
         self.assigned_once.set()
 
-    async def _seek_to_stored(self, tps: list[TopicPartition]) -> None:
+    async def _seek_to_stored(self, tps: list[TopicPartition], found_on: str = "seek") -> None:
         # Without its stored position a partition cannot be consumed safely: wait for Redis.
         async for attempt in AsyncRetrying(
             wait=wait_exponential(multiplier=0.1, max=5.0),
@@ -111,7 +126,47 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
                 await self._follow_version()
                 stored = await self._batches.positions(tps)
         self._positions.update(stored)
+        found = await gaps(self.consumer, stored)
+        closed = [tp for tp in tps if tp in self.gaps and tp not in found]
+        for gap in found.values():
+            self._stop(gap, found_on)
         await seek(self.consumer, stored)
+        self._sought.update(tps)
+        for tp in closed:  # its stored position moved (accepted, or recovered): from there on
+            del self.gaps[tp]
+            self.consumer.resume(tp)
+            log.warning("%s[%d] resumes at %s", tp.topic, tp.partition, stored[tp])
+
+    def _stop(self, gap: Gap, found_on: str) -> None:
+        """Pause a partition on a gap; log and count it the first time."""
+        self.consumer.pause(gap.tp)
+        self.gaps[gap.tp] = gap
+        if (gap.tp, gap.position) in self._reported:
+            return
+        self._reported.add((gap.tp, gap.position))
+        self._instruments.gaps_detected.labels(gap.tp.topic).inc()
+        log.error(
+            "gap on %s (found on %s): partition stopped until it is recovered from a newer"
+            " snapshot or the loss is accepted (`gaps accept`)",
+            gap.describe(),
+            found_on,
+            extra={f"gap_{name}": value for name, value in gap.as_dict().items()},
+        )
+
+    async def _out_of_range(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """A fetch refused: the offset is not in the log. Before its start, a gap; one met before
+        the assignment's seek is left to it."""
+        async with self._batch_lock:
+            tps = [tp for tp in offsets if tp in self._positions]
+            if tps:
+                await self._seek_to_stored(tps, found_on="fetch")
+        past = [(tp, offsets[tp]) for tp in tps if tp not in self.gaps]
+        if past:  # past the log's end: a topic deleted and created again, or a truncated log
+            if not self._reported.issuperset(past):
+                self._reported.update(past)
+                where = ", ".join(_where_tp(tp, offset) for tp, offset in past)
+                log.error("fetch out of range at %s, not before the log start: retrying", where)
+            await asyncio.sleep(1.0)
 
     async def _follow_version(self) -> bool:
         """Move to the live version if a rebuild swapped it; True when it did."""
@@ -145,27 +200,36 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
         while not self._stopping.is_set():
             if self._lost is not None:
                 raise self._lost
+            if until is not None and self.gaps:
+                raise GapError(list(self.gaps.values()))
             if until is not None:
                 if progress is not None:
                     done = sum(self._positions.get(tp) or 0 for tp in until) - start
                     progress(done, sum(until.values()) - start)
                 if await self._reached(until):
                     return
+            sought = self._sought.copy()
             try:
                 batches = await self.consumer.getmany(
                     timeout_ms=self._poll_timeout_ms, max_records=self._max_batch
                 )
+            except OffsetOutOfRangeError as exc:
+                await self._out_of_range(exc.args[0])
+                continue
+            except NoOffsetForPartitionError:
+                continue  # assigned, not sought yet: the rebalance listener seeks it
             except Exception as exc:
                 unreadable = locate(exc)
                 if unreadable is None:
                     raise
                 batches = await self._past(unreadable)
+                sought = self._sought.copy()
             if not batches:
                 await self._when_idle()
                 continue
             try:
                 async with self._batch_lock:
-                    committed = await self._apply(batches)
+                    committed = await self._apply(await self._current(batches, sought))
             except (RedisError, KafkaError) as exc:
                 # Nothing of the batch was committed: wait, then read it again from Redis
                 # positions; the wait grows while it keeps failing, and the first failure of a
@@ -181,6 +245,30 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
             failures, self.failing = 0, None
             # Outside the lock: a commit waits for a rebalance, which waits for the lock.
             await self._commit_to_kafka(committed)
+
+    async def _current(
+        self, batches: dict[TopicPartition, list[Record]], sought: Counter[TopicPartition]
+    ) -> dict[TopicPartition, list[Record]]:
+        """The batch without the partitions on a gap, nor those sought since the fetch began
+        (`sought`): those may be from where the consumer was before; they are read again."""
+        stale = {
+            tp: self._positions[tp]
+            for tp in batches
+            if self._sought[tp] != sought[tp] and tp in self._positions and tp not in self.gaps
+        }
+        if stale:
+            await seek(self.consumer, stale)
+        return {tp: b for tp, b in batches.items() if tp not in self.gaps and tp not in stale}
+
+    def lose(self, reason: ReadModelLostError) -> None:
+        """Have `run()` raise `reason` (the read model is being bootstrapped again)."""
+        self._lost = reason
+
+    async def recheck(self, tps: list[TopicPartition]) -> None:
+        """Seek partitions to their stored positions again (one stopped on a gap resumes once its
+        position is at or past the log start)."""
+        async with self._batch_lock:
+            await self._seek_to_stored([tp for tp in tps if tp in self._positions])
 
     def lag(self) -> dict[str, int | None]:
         """Records behind the broker's high watermark, per assigned partition (None: unknown)."""

@@ -20,7 +20,7 @@ from redis.exceptions import (
 )
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
-from . import snapshot
+from . import gaps, snapshot
 from .commands.handling import CommandWorker, Handlers
 from .commands.sending import CommandBus
 from .deadletter import DeadLetters, Retry
@@ -81,7 +81,8 @@ class Service:
 
         Not ready until the bootstrap has finished and every partition is within READY_MAX_LAG
         of its end; after that, only Redis (the source of every answer) decides, so the service
-        keeps serving through a Kafka outage.
+        keeps serving through a Kafka outage. Never ready while a partition is stopped on a gap
+        (gaps.py): the body names each, with the records missing.
         """
         checks: dict[str, str] = {"redis": "ok", "bootstrap": "ok", "projector": "ok"}
         try:
@@ -97,6 +98,9 @@ class Service:
                 checks["projector"] = "waiting for partition assignment"
             elif any(n is None or n > self.settings.ready_max_lag for n in lag.values()):
                 checks["projector"] = f"catching up (READY_MAX_LAG={self.settings.ready_max_lag})"
+        stopped = [] if self.projector is None else list(self.projector.gaps.values())
+        if stopped:
+            checks["gaps"] = "stopped on a gap: " + "; ".join(gap.describe() for gap in stopped)
         for name, reason in self.loops.given_up.items():  # liveness fails too
             checks[name] = f"given up: {reason}"
         bound = self.settings.ready_max_staleness_s
@@ -114,6 +118,8 @@ class Service:
         }
         if self.projector is not None:
             body["stale"] = self.freshness.report(self.projector)
+        if stopped:
+            body["gaps"] = [gap.as_dict() for gap in stopped]
         if self.loops.failing:
             body["restarted"] = dict(self.loops.failing)  # each loop's last failure
         if self.parked.entities:  # held back, while every other entity is current
@@ -237,7 +243,9 @@ async def running(
 
         projector = None
         if registry.topics(settings):
-            consumer = group("")
+            consumer = new_consumer(  # never past records it did not read: gaps.py
+                settings, group_id=settings.consumer_group, offset_reset="none"
+            )
             projector = Projector(
                 settings,
                 consumer,
@@ -275,6 +283,17 @@ async def running(
             stack.callback(projector.stop)
             service.projector = projector
             keep("watchdog", lambda: service.freshness.watch(projector, stopping))
+            keep(
+                "gaps",
+                lambda: gaps.watch(
+                    settings,
+                    registry.topics(settings),
+                    readmodel,
+                    projector,
+                    lambda: service.bootstrap.finished,
+                    stopping,
+                ),
+            )
         keep("projector", lambda: _go_live(settings, registry, service, projector))
         keep("version", lambda: _follow_version(service, stopping))
         if projector is not None and await readmodel.versions.layout() < LAYOUT:
@@ -328,6 +347,8 @@ async def _go_live(
         try:
             await projector.run()
             return
+        except gaps.RecoveringError as exc:
+            log.warning("%s: bootstrapping the read model again", exc)
         except ReadModelLostError as exc:
             log.error("read model lost (%s): bootstrapping it again", exc)
         service.recoveries += 1

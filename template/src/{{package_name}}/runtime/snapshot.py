@@ -372,6 +372,39 @@ def _writes(collections: Mapping[str, Collection[Any]], batch: _Batch) -> Writes
     return writes
 
 
+async def last_positions(
+    consumer: AIOKafkaConsumer, settings: ServiceSettings, topic: str
+) -> dict[TopicPartition, int] | None:
+    """The upstream positions of the last complete export of `topic`, which a load would start
+    from (None: no complete export). An export sends its positions before anything else, so on
+    each partition they come before its other records: read from the start until another record
+    of the export."""
+    tps = await partitions_of(settings, topic)
+    consumer.assign(tps)
+    begin: dict[TopicPartition, int] = await consumer.beginning_offsets(tps)
+    end: dict[TopicPartition, int] = await consumer.end_offsets(tps)
+    last = await _last_complete_export(consumer, begin, end)
+    if last is None:
+        return None
+    export = last["export"].encode()
+    await seek(consumer, begin)
+    positions: dict[TopicPartition, int] = {}
+    reading = {tp: offset for tp, offset in end.items() if offset > begin[tp]}
+    while reading and not await reached(consumer, reading):
+        batches = await consumer.getmany(*reading, timeout_ms=1000, max_records=5000)
+        for tp, records in batches.items():
+            for record in records:
+                headers = dict(record.headers)
+                if headers.get(EXPORT) != export or record.key is None or record.value is None:
+                    continue
+                if headers.get(KIND) != b"position":
+                    reading.pop(tp, None)  # the export's positions on it are all read
+                    break
+                name, partition = record.key.decode().rsplit(":", 1)
+                positions[TopicPartition(name, int(partition))] = int(record.value)
+    return positions
+
+
 async def _last_complete_export(
     consumer: AIOKafkaConsumer,
     begin: Mapping[TopicPartition, int],

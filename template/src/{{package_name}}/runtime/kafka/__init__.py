@@ -8,14 +8,14 @@ callbacks). A later bus (NATS, RabbitMQ) is a sibling package offering the same 
 - `topics`: the topics this service owns, which exist, their partitions; creating them, deleting
   records before an offset.
 - `positions`: assigning every partition, seeking to offsets, end offsets, whether a consumer has
-  reached them.
+  reached them; gaps (positions before a partition's log start).
 - `consuming`: `Record`, what the machinery reads of a consumed record, and the at-least-once
   loop for consumers whose handling is idempotent.
 """
 
 from .clients import client_options, new_admin, new_consumer, new_producer, start_client
 from .consuming import consume_each
-from .positions import assign_all, end_offsets, reached, seek
+from .positions import Gap, GapError, assign_all, end_offsets, gaps, reached, seek
 from .records import Record
 from .topics import (
     create_topics,
@@ -26,6 +26,8 @@ from .topics import (
 )
 
 __all__ = [
+    "Gap",
+    "GapError",
     "Record",
     "assign_all",
     "client_options",
@@ -33,6 +35,7 @@ __all__ = [
     "create_topics",
     "delete_records_before",
     "end_offsets",
+    "gaps",
     "missing_topics",
     "new_admin",
     "new_consumer",

@@ -48,8 +48,14 @@ def new_producer(settings: ServiceSettings) -> AIOKafkaProducer:
     )
 
 
-def new_consumer(settings: ServiceSettings, *, group_id: str | None) -> AIOKafkaConsumer:
+def new_consumer(
+    settings: ServiceSettings, *, group_id: str | None, offset_reset: str = "earliest"
+) -> AIOKafkaConsumer:
     """A consumer that never auto-commits: positions live in Redis beside the state they made.
+
+    `offset_reset="none"` (the projector's): a fetch from an offset the log no longer holds raises
+    OffsetOutOfRangeError from `getmany` instead of moving to the earliest offset, past the records
+    deleted; its caller seeks every partition itself.
 
     Without a group it is a job's (bootstrap, rebuild, export): it reads to the end, then seeks
     back, and a seek waits for the fetch in flight, which the broker holds for up to
@@ -61,7 +67,7 @@ def new_consumer(settings: ServiceSettings, *, group_id: str | None) -> AIOKafka
         group_id=group_id,
         group_instance_id=settings.consumer_instance_id,
         enable_auto_commit=False,
-        auto_offset_reset="earliest",
+        auto_offset_reset=offset_reset,
         isolation_level="read_committed",
         fetch_max_wait_ms=500 if group_id else 20,
     )

@@ -1,7 +1,8 @@
 """Where a consumer reads: assigning partitions, seeking to offsets, the end offsets it is to
-reach, and whether it has reached them."""
+reach, whether it has reached them, and gaps: offsets the log no longer holds."""
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import cast
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -29,6 +30,54 @@ async def seek(consumer: AIOKafkaConsumer, positions: Mapping[TopicPartition, in
     begin = await consumer.beginning_offsets(missing) if missing else {}
     for tp, offset in positions.items():
         consumer.seek(tp, begin[tp] if offset is None else offset)
+
+
+@dataclass(frozen=True)
+class Gap:
+    """A stored position before its partition's log start: the records from `position` up to
+    `log_start` were deleted (retention, `delete_records`) before they were applied."""
+
+    tp: TopicPartition
+    position: int
+    log_start: int
+
+    @property
+    def missing(self) -> int:
+        return self.log_start - self.position
+
+    def describe(self) -> str:
+        return (
+            f"{self.tp.topic}[{self.tp.partition}]: offsets {self.position} to"
+            f" {self.log_start - 1} deleted before they were applied ({self.missing} records)"
+        )
+
+    def as_dict(self) -> dict[str, str | int]:
+        return {
+            "topic": self.tp.topic,
+            "partition": self.tp.partition,
+            "position": self.position,
+            "log_start": self.log_start,
+            "missing": self.missing,
+        }
+
+
+class GapError(RuntimeError):
+    """A job met a gap: it cannot go on without losing the records deleted."""
+
+    def __init__(self, gaps: list[Gap]) -> None:
+        super().__init__("; ".join(gap.describe() for gap in gaps))
+        self.gaps = gaps
+
+
+async def gaps(
+    consumer: AIOKafkaConsumer, positions: Mapping[TopicPartition, int | None]
+) -> dict[TopicPartition, Gap]:
+    """The partitions whose position is before their log start. Only that is a gap: offsets
+    missing inside the log (compaction, transaction markers) are normal, and a partition without
+    a position (nothing applied from it yet) starts at its beginning, wherever that is."""
+    known = {tp: offset for tp, offset in positions.items() if offset is not None}
+    starts = await consumer.beginning_offsets(list(known)) if known else {}
+    return {tp: Gap(tp, offset, starts[tp]) for tp, offset in known.items() if offset < starts[tp]}
 
 
 async def reached(consumer: AIOKafkaConsumer, end: Mapping[TopicPartition, int]) -> bool:

@@ -64,6 +64,13 @@ class Instruments:
             buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000),
             registry=registry,
         )
+        self.gaps_detected = Counter(
+            "bff_gaps_detected",
+            "Gaps found: a stored position before its partition's log start (records deleted"
+            " before they were applied)",
+            ["topic"],
+            registry=registry,
+        )
         self.commands_sent = Counter(
             "bff_commands_sent", "Commands this service sent", ["type"], registry=registry
         )

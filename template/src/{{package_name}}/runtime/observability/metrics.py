@@ -49,7 +49,8 @@ class ServiceCollector(Collector):
         )
         yield CounterMetricFamily(
             "bff_read_model_recoveries",
-            "Times the read model was found gone from Redis and bootstrapped again",
+            "Times the read model was bootstrapped again: found gone from Redis, or recovering"
+            " from a snapshot to close a gap",
             service.recoveries,
         )
         restarts = CounterMetricFamily(
@@ -77,6 +78,14 @@ class ServiceCollector(Collector):
                 if behind is not None:
                     lag.add_metric([partition], behind)
             yield lag
+            missing = GaugeMetricFamily(
+                "bff_gap_missing_records",
+                "Records deleted before they were applied, per partition stopped on a gap",
+                labels=["partition"],
+            )
+            for gap in service.projector.gaps.values():
+                missing.add_metric([f"{gap.tp.topic}[{gap.tp.partition}]"], gap.missing)
+            yield missing
 
 
 def registry_for(service: Service) -> CollectorRegistry:
