@@ -45,21 +45,29 @@ def events(seed: int, count: int, personas: int = 500) -> list[Event]:
 
 
 def fold(history: list[Event]) -> dict[str, dict[str, Any]]:
-    """What the read model must hold after `history`, computed without the service."""
+    """What the read model must hold after `history`, computed without the service. A rename of
+    a persona that does not exist waits (the example parks it) until one is created."""
     personas: dict[str, dict[str, Any]] = {}
+    waiting: dict[str, list[str]] = {}  # renames parked, in order
     for persona_id, event_type, data in history:
         if event_type == "persona.created.v1":
             personas[persona_id] = {**data, "renames": 0, "pinned": False}
-        elif event_type.startswith("persona.renamed.") and persona_id in personas:
+            for name in waiting.pop(persona_id, []):
+                _rename(personas, persona_id, name)
+        elif event_type.startswith("persona.renamed."):
             name = data.get("display_name", data.get("name"))
-            personas[persona_id] = {
-                **personas[persona_id],
-                "name": name,
-                "renames": personas[persona_id]["renames"] + 1,
-            }
+            if persona_id in personas:
+                _rename(personas, persona_id, name)
+            else:
+                waiting.setdefault(persona_id, []).append(name)
         elif event_type == "persona.deleted.v1":
             personas.pop(persona_id, None)
     return personas
+
+
+def _rename(personas: dict[str, dict[str, Any]], persona_id: str, name: str) -> None:
+    persona = personas[persona_id]
+    personas[persona_id] = {**persona, "name": name, "renames": persona["renames"] + 1}
 
 
 def cloud_event(event_type: str, data: Any) -> bytes:

@@ -476,6 +476,71 @@ def test_bad_events_are_dead_lettered_and_the_partition_moves_on(
     )
 
 
+def test_renames_that_overtake_their_creates_wait_and_redeliveries_apply_once(
+    project: Path, env: Env, kafka: OwnKafka, reliability: Reliability
+) -> None:
+    count, again = 300, 100
+    topic = env["UPSTREAM_TOPICS"]
+
+    def rename(n: int) -> bytes:
+        data = {"persona_id": f"o{n}", "display_name": f"R{n}"}
+        envelope = {"specversion": "1.0", "id": f"rename-{n}", "source": "/tests/personaservice"}
+        return orjson.dumps({**envelope, "type": "persona.renamed.v2", "data": data})
+
+    # Keyed apart from their personas: on other partitions, read before or after the creates.
+    renames: list[personas.Record] = [(f"rename-{n}", rename(n), []) for n in range(count)]
+    creates: list[personas.Record] = [
+        (
+            f"o{n}",
+            personas.cloud_event(
+                "persona.created.v1", {"persona_id": f"o{n}", "name": "O", "email": f"{n}@x.io"}
+            ),
+            [],
+        )
+        for n in range(count)
+    ]
+    redelivered: list[personas.Record] = [(f"o{n}", rename(n), []) for n in range(again)]
+    personas.publish_records(kafka.bootstrap, topic, renames + creates + redelivered)
+    expected = {
+        f"o{n}": {
+            "persona_id": f"o{n}",
+            "name": f"R{n}",
+            "email": f"{n}@x.io",
+            "renames": 1,
+            "pinned": False,
+        }
+        for n in range(count)
+    }
+    server = _serve(project, env)
+    try:
+        _converges(server, expected, within=120)
+        until(lambda: _lag(server) == 0)  # the redeliveries read too
+        metrics = server.get("/metrics").text
+    finally:
+        server.stop()
+    parked = _metric_sum(metrics, "bff_events_parked_total")
+    duplicates = _metric_sum(metrics, "bff_events_skipped_total", 'reason="duplicate"')
+    conflicts = _metric_sum(metrics, "bff_entity_partition_conflicts_total")
+    assert duplicates == again
+    reliability.record(
+        f"{count} renames published before their personas' creates, keyed apart (other"
+        f" partitions), {again} of them delivered again",
+        f"all {count} applied exactly once, after their create (the read model equals the"
+        f" expected one): {parked:,.0f} parked until their persona existed, {duplicates:,.0f}"
+        f" redeliveries skipped by their CloudEvent id, {conflicts:,.0f} events reported as"
+        " reaching a persona from another partition than its last",
+    )
+
+
+def _metric_sum(metrics: str, name: str, label: str = "") -> float:
+    """The sum of a metric's samples in a /metrics text (those with `label`, if given)."""
+    total = 0.0
+    for line in metrics.splitlines():
+        if line.startswith(name + "{") and label in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
 def test_records_it_cannot_read_are_dead_lettered_by_a_running_service(
     project: Path, env: Env, kafka: OwnKafka, reliability: Reliability
 ) -> None:
