@@ -398,7 +398,8 @@ async def projection(
 
 
 async def memory(settings: Any) -> Figure:
-    """Every key the read model holds for its personas (entities and lookups) per entity."""
+    """Every key the read model holds for its personas (entities, their histories and lookups)
+    per entity."""
     from personabff.runtime.readmodel import ReadModel
 
     redis = Redis.from_url(REDIS)
@@ -412,9 +413,12 @@ async def memory(settings: Any) -> Figure:
             usages = await pipe.execute()
         total = sum(usage or 0 for usage in usages)
         entity_hashes = {key async for key in redis.scan_iter(match=keyspace.buckets(), count=1000)}
-        alone = sum(
-            usage or 0 for key, usage in zip(keys, usages, strict=True) if key in entity_hashes
-        )
+        history_hashes = {
+            key async for key in redis.scan_iter(match=keyspace.per_entity()[0], count=1000)
+        }
+        used = dict(zip(keys, usages, strict=True))
+        alone = sum(used[key] or 0 for key in entity_hashes)
+        histories = sum(used[key] or 0 for key in history_hashes)
         entities = await readmodel.queries.count("personas")
         page, _ = await readmodel.queries.page("personas", after=None, limit=5000)
         json_bytes = statistics.mean(len(value) for value in page)
@@ -422,8 +426,9 @@ async def memory(settings: Any) -> Figure:
         await redis.aclose()
     per_entity = total / entities
     note = (
-        f"{entities:,} entities, JSON {json_bytes:.0f} B each; without the email lookup"
-        f" {alone / entities:.0f} B ({alone / entities / json_bytes:.2f}x)"
+        f"{entities:,} entities, JSON {json_bytes:.0f} B each; their histories (the last 8 events"
+        f" applied to each, to skip redeliveries) {histories / entities:.0f} B; the entities"
+        f" alone {alone / entities:.0f} B ({alone / entities / json_bytes:.2f}x)"
     )
     return Figure(
         "Redis memory per entity",
