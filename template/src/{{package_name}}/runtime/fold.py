@@ -37,7 +37,7 @@ import orjson
 from .commit import Batches, EntityRef, Writes, writes_for
 from .events import InvalidEventError
 from .kafka.records import Record
-from .keyspace import Keyspace
+from .keyspace import Keyspace, Slot
 from .projection import Change, Collection, Event
 
 log = logging.getLogger(__name__)
@@ -55,9 +55,9 @@ class ParkedSequenceFullError(InvalidEventError):
 
 
 def digest(event: Event[Any]) -> str:
-    """What identifies an event in an entity's window: its source and id, hashed to 11 chars."""
-    raw = hashlib.blake2b(f"{event.source}\0{event.id}".encode(), digest_size=8).digest()
-    return base64.b64encode(raw)[:11].decode()
+    """What identifies an event in an entity's window: its source and id, hashed to 12 hex
+    digits (48 bits: two of an entity's last few events alike by chance, about never)."""
+    return hashlib.blake2b(f"{event.source}\0{event.id}".encode(), digest_size=6).hexdigest()
 
 
 @dataclass(slots=True)
@@ -161,6 +161,7 @@ Reread = Callable[[Parked, EntityRef], Change]  # a stored parked event's change
 class Fold:
     """One fold of a batch onto the states, histories and parked sequences it read.
 
+    It owns the `histories` it is given (it changes them): a fold again needs them read again.
     `give_up` names the events (by index in the work) that raised on every attempt: this fold
     parks them instead of applying them. What the fold leaves: `states`, `histories`, the parked
     sequences (`queues`, with `rewritten` those to store anew, else appended to), `failed` (the
@@ -180,7 +181,7 @@ class Fold:
         now: float | None = None,
     ) -> None:
         self.states = dict(states)
-        self.histories = {ref: _copy(history) for ref, history in histories.items()}
+        self.histories = dict(histories)
         self.queues = {ref: list(queue) for ref, queue in queues.items()}
         self.stored = {ref: len(queue) for ref, queue in queues.items()}  # as read
         self.rewritten: set[EntityRef] = set()  # sequences released (wholly or in part)
@@ -195,6 +196,7 @@ class Fold:
         self._give_up = give_up or {}
         self._reread = reread
         self._now = time.time() if now is None else now
+        self._topics: dict[str, str] = {}  # topic -> its crc32, as histories name it
 
     def run(self, work: Work) -> "Fold":
         for index, (record, changes) in enumerate(work):
@@ -317,7 +319,9 @@ class Fold:
         return queue
 
     def _note_writer(self, ref: EntityRef, history: History, record: Record) -> None:
-        topic = str(zlib.crc32(record.topic.encode()))
+        topic = self._topics.get(record.topic)
+        if topic is None:
+            topic = self._topics[record.topic] = str(zlib.crc32(record.topic.encode()))
         before = history.writers.get(topic)
         if before is not None and before != record.partition:
             self.conflicts.append((ref, record, before))
@@ -330,45 +334,35 @@ class Fold:
         self.outcomes[record.topic, event.type, outcome] += 1
 
 
-def _copy(history: History) -> History:
-    return History(
-        list(history.ids),
-        history.order,
-        dict(history.writers),
-        history.parked,
-        history.why,
-        history.since,
-        history.error,
-    )
-
-
 def stored_writes(
     fold: Fold,
     keys: Keyspace,
     collections: Mapping[str, Collection[Any]],
     before: Mapping[EntityRef, Any],
-    histories: Mapping[EntityRef, bytes | None],
+    histories: Mapping[EntityRef, tuple[Slot, bytes | None]],
 ) -> Writes:
-    """What the fold changed, as writes: entities and lookups, histories that changed (as
-    `histories` held them), the parked sequences' events and the index of parked entities."""
+    """What the fold changed, as writes: entities and lookups, histories that changed (from
+    where and what `histories` held), the parked sequences' events and the index of parked
+    entities."""
     writes = writes_for(collections, before, fold.states)
     for ref, history in fold.histories.items():
         raw = history.dumps()
-        if raw != (histories.get(ref) or _EMPTY):
-            writes.slots[keys.history(*ref)] = raw
+        slot, before_raw = histories.get(ref) or (keys.history(*ref), None)
+        if raw != (before_raw or _EMPTY):
+            writes.slots[slot] = raw
         queue = fold.queues.get(ref, [])
         stored = fold.stored.get(ref, 0)
-        start = 0 if ref in fold.rewritten else stored
-        for index in range(len(queue), stored if ref in fold.rewritten else 0):
+        rewritten = ref in fold.rewritten
+        for index in range(len(queue), stored if rewritten else 0):
             writes.slots[keys.parked_event(*ref, index)] = None
-        for index in range(start, len(queue)):
+        for index in range(0 if rewritten else stored, len(queue)):
             writes.slots[keys.parked_event(*ref, index)] = queue[index].dumps()
         if history.parked:
             summary = {"count": history.parked, "since": history.since, "why": history.why}
             writes.slots[keys.parked_entity(*ref)] = orjson.dumps(
                 {**summary, "error": history.error}
             )
-        elif stored or ref in fold.rewritten:
+        elif stored or rewritten:
             writes.slots[keys.parked_entity(*ref)] = None
     return writes
 

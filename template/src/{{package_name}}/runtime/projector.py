@@ -43,10 +43,12 @@ from .events import InvalidEventError
 from .fold import Fold, History, Work, parked_sequences, stored_writes
 from .kafka import Gap, GapError, Record, gaps, reached, seek
 from .kafka.unreadable import Unreadable, UnreadableRecord, locate, readable_before
+from .keyspace import Slot
 from .observability import logs
 from .observability.instruments import Instruments
 from .projection import Registry
 from .readmodel import ReadModel
+from .redis import hget_each
 from .settings import ServiceSettings
 from .versions import ReadModelLostError
 
@@ -350,7 +352,7 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
             unsent = [letter for letter in letters if _source(letter) not in sent]
             await self._dead_letters.send(unsent)
             sent.update(map(_source, unsent))
-            guards = {self._batches.keys.history(*ref): raw for ref, raw in histories.items()}
+            guards = dict(histories.values())
             outcome = await self._batches.commit(expected, new, current, writes, guards=guards)
             if outcome != "changed":
                 break
@@ -371,21 +373,24 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
 
     async def _read(
         self, refs: list[EntityRef]
-    ) -> tuple[dict[EntityRef, bytes | None], dict[EntityRef, bytes | None]]:
-        """The entities' stored JSON and their histories, in one round trip."""
+    ) -> tuple[dict[EntityRef, bytes | None], dict[EntityRef, tuple[Slot, bytes | None]]]:
+        """The entities' stored JSON, and where their histories are and what they hold, in one
+        round trip."""
         keys = self._batches.keys
-        slots = [keys.entity(*ref) for ref in refs] + [keys.history(*ref) for ref in refs]
-        found = list((await self._batches.read_slots(slots)).values())
-        count = len(refs)
-        return dict(zip(refs, found[:count], strict=True)), dict(
-            zip(refs, found[count:], strict=True)
+        history_slots = [keys.history(*ref) for ref in refs]
+        found = await hget_each(
+            self._batches.redis, [keys.entity(*ref) for ref in refs] + history_slots
         )
+        count = len(refs)
+        entities = dict(zip(refs, found[:count], strict=True))
+        histories = zip(refs, zip(history_slots, found[count:], strict=True), strict=True)
+        return entities, dict(histories)
 
     async def _fold(
         self,
         work: Work,
         current: Mapping[EntityRef, bytes | None],
-        stored: Mapping[EntityRef, bytes | None],
+        stored: Mapping[EntityRef, tuple[Slot, bytes | None]],
     ) -> tuple[Writes, Fold, list[DeadLetter]]:
         """Fold the batch onto the `current` states and `stored` histories (fold.py). While
         events raise, the batch is folded again after a wait (a fold is synchronous: nothing waits
@@ -394,10 +399,14 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
         before: dict[EntityRef, Any] = dict.fromkeys(current)
         raws = {ref: raw for ref, raw in current.items() if raw is not None}
         before.update(decoded(collections, raws))
-        histories = {ref: History.loads(raw) for ref, raw in stored.items()}
-        queues = await parked_sequences(self._batches, histories)
+        loaded = [{ref: History.loads(raw) for ref, (_, raw) in stored.items()}]
+        queues = await parked_sequences(self._batches, loaded[0])
 
         def fold(give_up: Mapping[int, Exception] | None = None) -> Fold:
+            # A fold changes the histories it is given: one folding again reads them again.
+            histories = (
+                loaded.pop() if loaded else {r: History.loads(h) for r, (_, h) in stored.items()}
+            )
             return Fold(
                 before,
                 histories,

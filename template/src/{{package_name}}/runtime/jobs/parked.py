@@ -87,9 +87,8 @@ async def release(
                 reread=registry.reread,
             )
             skipped = fold.release(ref, skip_head=skip_head)
-            writes = stored_writes(
-                fold, keys, registry.collections, before, {ref: read[history_slot]}
-            )
+            stored = {ref: (history_slot, read[history_slot])}
+            writes = stored_writes(fold, keys, registry.collections, before, stored)
             dead_letters = DeadLetters(c.producer, settings.dlq_topic)
             letters = [DeadLetter(record, error) for record, error in fold.letters]
             letters += [
