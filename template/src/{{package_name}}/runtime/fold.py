@@ -24,7 +24,6 @@ partition orders them, two do not.
 
 import base64
 import hashlib
-import logging
 import time
 import zlib
 from collections import Counter
@@ -39,8 +38,6 @@ from .events import InvalidEventError
 from .kafka.records import Record
 from .keyspace import Keyspace, Slot
 from .projection import Change, Collection, Event
-
-log = logging.getLogger(__name__)
 
 Outcome = Literal["applied", "duplicate", "stale", "missing", "parked", "dead_lettered"]
 Why = Literal["missing", "failed"]  # what a parked sequence waits for: its entity, or an operator
@@ -155,6 +152,7 @@ def _unb64(value: str | None) -> bytes | None:
 
 
 Work = list[tuple[Record, list[Change]]]  # a batch's records, each with the changes it makes
+Conflict = tuple[EntityRef, Record, int]  # an entity, a record, the other partition it came from
 Reread = Callable[[Parked, EntityRef], Change]  # a stored parked event's change to its entity
 
 
@@ -188,9 +186,8 @@ class Fold:
         self.failed: dict[int, Exception] = {}
         self.letters: list[tuple[Record, Exception]] = []
         self.outcomes: Counter[tuple[str, str, Outcome]] = Counter()
-        self.conflicts: list[
-            tuple[EntityRef, Record, int]
-        ] = []  # (entity, record, other partition)
+        self.conflicts: list[Conflict] = []
+        self.newly_parked: list[tuple[EntityRef, Record, str]] = []  # what began a sequence, why
         self._window = window
         self._park_max = park_max
         self._give_up = give_up or {}
@@ -298,14 +295,7 @@ class Fold:
             return
         if not history.parked:
             history.why, history.since, history.error = why, self._now, error
-            log.warning(
-                "parked %s/%s at %s[%d]@%d: %s",
-                *ref,
-                record.topic,
-                record.partition,
-                record.offset,
-                error or f"behind an earlier parked event ({why})",
-            )
+            self.newly_parked.append((ref, record, error or f"behind a parked event ({why})"))
         history.parked += 1
         self.queues.setdefault(ref, []).append(parked)
         if parked.change is not None:

@@ -450,6 +450,14 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
         for record, changes in work:
             if not changes:  # a type this service knowingly ignores
                 instruments.events_skipped.labels(record.topic, "", "ignored").inc()
+        for (collection, key), record, reason in folded.newly_parked:  # once: as committed
+            log.warning(
+                "parked %s/%s at %s: %s (it and the entity's later events wait: `dlq parked`)",
+                collection,
+                key,
+                _where(record),
+                reason,
+            )
         for (collection, key), record, other in folded.conflicts:
             instruments.partition_conflicts.labels(record.topic).inc()
             if record.topic not in self._conflicted:
