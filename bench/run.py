@@ -17,7 +17,8 @@ KAFKA_BOOTSTRAP_SERVERS and REDIS_URL (`make bench` starts both):
 It prints each figure with its ratio and target (machines here are noisy and shared, so only
 ratios measured in the same run mean anything, and each ratio is the median of rounds in which
 the service and its baseline run back to back), writes bench/results/latest.json, the plot
-docs/img/benchmarks.png and the table in docs/benchmarks.md.
+docs/img/benchmarks.png and the table in docs/benchmarks.md. It deletes the topics, consumer
+groups and Redis keys it made.
 """
 
 import argparse
@@ -975,6 +976,30 @@ async def measure(project: Path, quick: bool) -> list[Figure]:
             keys = [key async for key in redis.scan_iter(match=f"*{run}*", count=1000)]
             for start in range(0, len(keys), 1000):
                 await redis.unlink(*keys[start : start + 1000])
+        await delete_topics(run)
+
+
+async def delete_topics(run: str) -> None:
+    """The topics this run created (the service's, the saga's and Quix Streams' changelogs all
+    carry its name), and the peers' consumer groups."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA)
+    await admin.start()
+    try:
+        topics = [topic for topic in await admin.list_topics() if run in topic]
+        if topics:
+            await admin.delete_topics(topics)
+        groups = [group for group, *_ in await admin.list_consumer_groups() if run in group]
+    finally:
+        await admin.close()
+    if groups:  # aiokafka's admin client deletes no groups; confluent-kafka's (Quix') does
+        from confluent_kafka.admin import AdminClient
+
+        client = AdminClient({"bootstrap.servers": KAFKA})  # kept until its futures are done
+        for future in client.delete_consumer_groups(groups).values():
+            await asyncio.to_thread(future.result, 30)
+    say(f"deleted {len(topics)} topics and {len(groups)} consumer groups of {run}")
 
 
 def main() -> None:
