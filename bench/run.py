@@ -304,9 +304,9 @@ def _quix_peer(peer: PeerRun, topic: str, count: int, done: Any) -> None:
     import warnings
     from urllib.parse import urlparse
 
-    warnings.filterwarnings("ignore", message="The httpx module is deprecated")  # authlib's
-    from quixstreams import Application
-    from quixstreams.sinks.community.redis import RedisSink
+    with warnings.catch_warnings(record=True):  # not authlib's deprecation of httpx, at import
+        from quixstreams import Application
+        from quixstreams.sinks.community.redis import RedisSink
 
     seen, first, last = 0, 0.0, 0.0
 
