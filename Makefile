@@ -4,10 +4,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # `make new` needs copier alone: a small environment of its own, not the test environment.
 NEW_VENV ?= .cache/new-venv
+PEERS_VENV ?= .cache/peers-venv
 DEST ?=
 NEW_ARGS ?=
 
-.PHONY: help install services stop-services test faults test-fast new lint docs bench bench-full wrk
+.PHONY: help install services stop-services test faults test-fast new lint docs bench bench-full peers wrk
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -46,11 +47,19 @@ docs: install  ## Build the documentation site (strict: broken links fail) into 
 	$(VENV)/bin/mkdocs build --strict --quiet --site-dir $(VENV)/site
 	@echo "docs: open $(abspath $(VENV))/site/index.html"
 
-bench: install services wrk  ## Benchmarks, quick mode (a few minutes): ratios, plot, docs/benchmarks.md
-	. <(scripts/services.sh env) && $(PY) bench/run.py --quick
+bench: install services wrk peers  ## Benchmarks, quick mode (a few minutes): ratios, plot, docs/benchmarks.md
+	. <(scripts/services.sh env) && PEERS_PYTHON=$(PEERS_VENV)/bin/python $(PY) bench/run.py --quick
 
-bench-full: install services wrk  ## Benchmarks with larger runs
-	. <(scripts/services.sh env) && $(PY) bench/run.py
+bench-full: install services wrk peers  ## Benchmarks with larger runs
+	. <(scripts/services.sh env) && PEERS_PYTHON=$(PEERS_VENV)/bin/python $(PY) bench/run.py
+
+peers: $(PEERS_VENV)/.installed  ## The bench's peers (FastStream, Quix Streams), in a venv of their own
+
+$(PEERS_VENV)/.installed: pyproject.toml
+	python3 -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install -q --upgrade pip
+	$(PEERS_VENV)/bin/python -m pip install -q --group peers
+	touch $@
 
 wrk:  ## The HTTP load generator the query benchmark drives (Debian's wrk), installed if missing
 	@command -v wrk >/dev/null || { echo "wrk: installing it with apt-get..."; \

@@ -186,23 +186,10 @@ async def raw_consume(topic: str, count: int) -> float:
 # the library's defaults. Each folds the same persona events into the same entity JSON as the
 # service's `personas` projection. Neither validates a contract, commits its positions with the
 # state it writes, fences a stale instance, keeps lookups, or parks or de-duplicates events.
-CREATED, RENAMED = "persona.created.v1", "persona.renamed.v2"
-
-
-def created_persona(data: dict[str, Any]) -> dict[str, Any]:
-    """The entity the service's `created` projection makes, as its model encodes it."""
-    return {
-        "persona_id": data["persona_id"],
-        "name": data["name"],
-        "email": data["email"],
-        "renames": 0,
-        "pinned": False,
-    }
-
-
-def renamed_persona(persona: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
-    """The entity the service's `renamed` projection makes of `persona`."""
-    return {**persona, "name": data["display_name"], "renames": persona["renames"] + 1}
+# They run from bench/peers.py, in a venv of their own (PEERS_PYTHON).
+PEERS_SCRIPT = Path(__file__).with_name("peers.py")
+PEERS_PYTHON = os.environ.get("PEERS_PYTHON", ".cache/peers-venv/bin/python")
+PEERS = ["FastStream", "Quix Streams"]
 
 
 def expected_personas(count: int) -> dict[str, dict[str, Any]]:
@@ -236,124 +223,22 @@ class PeerRun:
         return self.events / (self.last - self.first)
 
 
-def run_peer(target: Any, peer: PeerRun, topic: str, count: int) -> PeerRun:
-    """Run `target(peer, topic, count, done)` in a fresh interpreter, as its user runs it, and
-    read back when it saw its first record, when it last wrote, and how many events it saw."""
-    spawn = multiprocessing.get_context("spawn")
-    done = spawn.Queue()
-    process = spawn.Process(target=target, args=(peer, topic, count, done), daemon=True)
-    process.start()
-    try:
-        peer.first, peer.last, peer.events = done.get(timeout=600)
-    finally:
-        process.join(timeout=60)
-        if process.is_alive():
-            process.kill()
+def run_peer(peer: PeerRun, topic: str, count: int) -> PeerRun:
+    """Run a peer (bench/peers.py) in a venv of its own (`make bench` makes it: the peers' pins
+    must not reach the service's), as its user runs it, and read back when it saw its first
+    record, when it last wrote, and how many events it saw."""
+    slug = peer.name.split()[0].lower()
+    command = [PEERS_PYTHON, str(PEERS_SCRIPT), slug, topic, str(count), peer.group, peer.prefix]
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": KAFKA, "REDIS_URL": REDIS}
+    result = subprocess.run(
+        command, check=False, env=env, capture_output=True, text=True, timeout=900
+    )
+    if result.returncode != 0:
+        raise SystemExit(f"error: {peer.name} failed:\n{result.stderr[-3000:]}")
+    peer.first, peer.last, peer.events = json.loads(result.stdout.splitlines()[-1])
     if peer.events != count:
         raise SystemExit(f"error: {peer.name} saw {peer.events:,} events of {count:,}")
     return peer
-
-
-def _faststream_peer(peer: PeerRun, topic: str, count: int, done: Any) -> None:
-    """A FastStream subscriber receiving batches: each batch's personas folded (reading the
-    stored ones that a rename needs with one MGET) and written with one MSET."""
-    from faststream.kafka import KafkaBroker
-
-    async def main() -> None:
-        broker = KafkaBroker(KAFKA, logger=None)  # no line per batch in the bench's output
-        redis = Redis.from_url(REDIS)
-        finished = asyncio.Event()
-        seen, first, last = 0, 0.0, 0.0
-
-        @broker.subscriber(topic, group_id=peer.group, auto_offset_reset="earliest", batch=True)
-        async def on_events(events: list[dict[str, Any]]) -> None:
-            nonlocal seen, first, last
-            first = first or time.time()
-            wanted = list({e["data"]["persona_id"] for e in events if e["type"] == RENAMED})
-            stored = await redis.mget([peer.prefix + key for key in wanted]) if wanted else []
-            known = {key: orjson.loads(raw) for key, raw in zip(wanted, stored) if raw}
-            changed: dict[str, dict[str, Any]] = {}
-            for event in events:
-                data = event["data"]
-                key = data["persona_id"]
-                if event["type"] == CREATED:
-                    changed[key] = created_persona(data)
-                elif event["type"] == RENAMED:
-                    persona = changed.get(key) or known.get(key)
-                    if persona is not None:  # a rename before its create is dropped
-                        changed[key] = renamed_persona(persona, data)
-            if changed:
-                await redis.mset({peer.prefix + k: orjson.dumps(p) for k, p in changed.items()})
-                last = time.time()
-            seen += len(events)
-            if seen >= count:
-                finished.set()
-
-        async with broker:
-            await broker.start()
-            await asyncio.wait_for(finished.wait(), timeout=600)
-        await redis.aclose()
-        done.put((first, last, seen))
-
-    asyncio.run(main())
-
-
-def _quix_peer(peer: PeerRun, topic: str, count: int, done: Any) -> None:
-    """A Quix Streams Application: a stateful apply folds each persona in its state store
-    (RocksDB, with its changelog topic, the defaults), and its Redis sink writes the results."""
-    import warnings
-    from urllib.parse import urlparse
-
-    with warnings.catch_warnings(record=True):  # not authlib's deprecation of httpx, at import
-        from quixstreams import Application
-        from quixstreams.sinks.community.redis import RedisSink
-
-    seen, first, last = 0, 0.0, 0.0
-
-    class TimedRedisSink(RedisSink):
-        def write(self, batch: Any) -> None:
-            nonlocal last
-            super().write(batch)
-            last = time.time()
-
-    def fold(event: dict[str, Any], state: Any) -> dict[str, Any] | None:
-        nonlocal seen, first
-        first = first or time.time()
-        seen += 1
-        data = event["data"]
-        if event["type"] == CREATED:
-            persona = created_persona(data)
-        elif event["type"] == RENAMED and (stored := state.get("persona")) is not None:
-            persona = renamed_persona(stored, data)
-        else:
-            return None  # a rename before its create is dropped
-        state.set("persona", persona)
-        return persona
-
-    url = urlparse(REDIS)
-    with tempfile.TemporaryDirectory() as state_dir:
-        app = Application(
-            broker_address=KAFKA,
-            consumer_group=peer.group,
-            auto_offset_reset="earliest",
-            state_dir=state_dir,
-            loglevel="WARNING",
-        )
-        sdf = app.dataframe(app.topic(topic, value_deserializer="json"))
-        sdf = sdf.apply(fold, stateful=True).filter(lambda persona: persona is not None)
-        sdf.sink(
-            TimedRedisSink(
-                host=url.hostname or "localhost",
-                port=url.port or 6379,
-                db=int(url.path.lstrip("/") or 0),
-                key_serializer=lambda key, value: peer.prefix + key.decode(),
-                value_serializer=orjson.dumps,
-            )
-        )
-        # Stops once it has put out `count` personas (one per event); or, should any be
-        # dropped, 30 s after its last record, and the check below finds what is missing.
-        app.run(count=count, timeout=30, collect=False)
-    done.put((first, last, seen))
 
 
 async def verify_peer(peer: PeerRun, expected: dict[str, dict[str, Any]]) -> None:
@@ -505,9 +390,6 @@ def _projector_process(
     asyncio.run(main())
 
 
-PEERS = {"FastStream": _faststream_peer, "Quix Streams": _quix_peer}
-
-
 async def projection(run: str, src: Path, count: int, rounds: int) -> tuple[list[Figure], Any]:
     """Rounds of: raw getmany, the prototype, the service's projector, a projector process per
     partition, then each peer, one after the other on the same topic, so each round's see the
@@ -542,10 +424,10 @@ async def projection(run: str, src: Path, count: int, rounds: int) -> tuple[list
         scaled.append(
             await asyncio.to_thread(project_in_processes, run, src, processes, partitions, count)
         )
-        for name, target in PEERS.items():
+        for name in PEERS:
             slug = name.split()[0].lower()
             peer = PeerRun(name, f"{run}.{slug}.r{n}", f"{run}:{slug}:r{n}:")
-            await asyncio.to_thread(run_peer, target, peer, topic, count)
+            await asyncio.to_thread(run_peer, peer, topic, count)
             await verify_peer(peer, expected)
             peers[name].append(peer.rate)
     stored = orjson.loads(await _persona(settings, "p0"))
@@ -994,11 +876,9 @@ async def delete_topics(run: str) -> None:
     finally:
         await admin.close()
     if groups:  # aiokafka's admin client deletes no groups; confluent-kafka's (Quix') does
-        from confluent_kafka.admin import AdminClient
-
-        client = AdminClient({"bootstrap.servers": KAFKA})  # kept until its futures are done
-        for future in client.delete_consumer_groups(groups).values():
-            await asyncio.to_thread(future.result, 30)
+        command = [PEERS_PYTHON, str(PEERS_SCRIPT), "delete-groups", *groups]
+        env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": KAFKA}
+        await asyncio.to_thread(subprocess.run, command, env=env, check=True, timeout=120)
     say(f"deleted {len(topics)} topics and {len(groups)} consumer groups of {run}")
 
 
