@@ -24,6 +24,7 @@ partition orders them, two do not.
 
 import base64
 import hashlib
+import struct
 import time
 import zlib
 from collections import Counter
@@ -51,19 +52,27 @@ class ParkedSequenceFullError(InvalidEventError):
     """The entity's parked sequence is at its bound: its later events are dead-lettered."""
 
 
-def digest(event: Event[Any]) -> str:
-    """What identifies an event in an entity's window: its source and id, hashed to 12 hex
-    digits (48 bits: two of an entity's last few events alike by chance, about never)."""
-    return hashlib.blake2b(f"{event.source}\0{event.id}".encode(), digest_size=6).hexdigest()
+def digest(event: Event[Any]) -> bytes:
+    """What identifies an event in an entity's window: its source and id, hashed to 6 bytes
+    (48 bits: two of an entity's last few events alike by chance, about never)."""
+    return hashlib.blake2b(f"{event.source}\0{event.id}".encode(), digest_size=6).digest()
+
+
+DIGEST_SIZE = 6
+_ORDERED, _PARKED = 1, 2  # flags of a stored history
+_WHY: tuple[Why, ...] = ("missing", "failed")
 
 
 @dataclass(slots=True)
 class History:
-    """What the fold remembers of one entity (stored as compact JSON beside it)."""
+    """What the fold remembers of one entity, stored beside it in a few bytes (a history is kept
+    per entity ever seen: `dumps` documents the format)."""
 
-    ids: list[str] = field(default_factory=list)  # digests of the last events applied, oldest first
+    ids: list[bytes] = field(
+        default_factory=list
+    )  # digests of the last events applied, oldest first
     order: int | None = None  # the highest ordering value applied
-    writers: dict[str, int] = field(default_factory=dict)  # crc32(topic) -> partition
+    writers: dict[int, int] = field(default_factory=dict)  # crc32(topic) -> partition
     parked: int = 0  # events waiting in its parked sequence
     why: Why | None = None
     since: float | None = None  # when the sequence began (epoch seconds)
@@ -73,26 +82,45 @@ class History:
     def loads(cls, raw: bytes | None) -> "History":
         if not raw:
             return cls()
-        doc = orjson.loads(raw)
-        return cls(
-            doc.get("i", []),
-            doc.get("o"),
-            doc.get("w", {}),
-            doc.get("p", 0),
-            doc.get("y"),
-            doc.get("s"),
-            doc.get("e"),
-        )
+        flags, count = raw[0], raw[1]
+        at = 2 + count * DIGEST_SIZE
+        ids = [raw[n : n + DIGEST_SIZE] for n in range(2, at, DIGEST_SIZE)]
+        writers = {}
+        for _ in range(raw[at]):
+            topic, partition = _WRITER.unpack_from(raw, at + 1)
+            writers[topic] = partition
+            at += _WRITER.size
+        at += 1
+        history = cls(ids, writers=writers)
+        if flags & _ORDERED:
+            (history.order,) = _ORDER.unpack_from(raw, at)
+            at += _ORDER.size
+        if flags & _PARKED:
+            history.parked, history.since, why = _PARKING.unpack_from(raw, at)
+            history.why = _WHY[why]
+            history.error = raw[at + _PARKING.size :].decode() or None
+        return history
 
     def dumps(self) -> bytes:
-        doc: dict[str, Any] = {"i": self.ids}
+        """flags (1: ordered, 2: parked), the digest count and digests, the writer count and per
+        writer its topic's crc32 and its partition (u32 each), then the order (i64) if ordered,
+        then, if parked, the count (u32), since (f64), why (u8) and the error (UTF-8, to the end).
+        Never empty (commit.py reads an empty value as an absent one)."""
+        flags = (_ORDERED if self.order is not None else 0) | (_PARKED if self.parked else 0)
+        parts = [bytes((flags, len(self.ids))), *self.ids, bytes((len(self.writers),))]
+        parts += [_WRITER.pack(topic, partition) for topic, partition in self.writers.items()]
         if self.order is not None:
-            doc["o"] = self.order
-        if self.writers:
-            doc["w"] = self.writers
+            parts.append(_ORDER.pack(self.order))
         if self.parked:
-            doc.update(p=self.parked, y=self.why, s=self.since, e=self.error)
-        return orjson.dumps(doc)
+            why = _WHY.index(self.why or "failed")
+            parts.append(_PARKING.pack(self.parked, self.since or 0.0, why))
+            parts.append((self.error or "").encode())
+        return b"".join(parts)
+
+
+_WRITER = struct.Struct("<II")  # a topic's crc32, a partition
+_ORDER = struct.Struct("<q")
+_PARKING = struct.Struct("<IdB")  # count, since, why
 
 
 @dataclass(slots=True)
@@ -193,7 +221,7 @@ class Fold:
         self._give_up = give_up or {}
         self._reread = reread
         self._now = time.time() if now is None else now
-        self._topics: dict[str, str] = {}  # topic -> its crc32, as histories name it
+        self._topics: dict[str, int] = {}  # topic -> its crc32, as histories name it
 
     def run(self, work: Work) -> "Fold":
         for index, (record, changes) in enumerate(work):
@@ -311,7 +339,7 @@ class Fold:
     def _note_writer(self, ref: EntityRef, history: History, record: Record) -> None:
         topic = self._topics.get(record.topic)
         if topic is None:
-            topic = self._topics[record.topic] = str(zlib.crc32(record.topic.encode()))
+            topic = self._topics[record.topic] = zlib.crc32(record.topic.encode())
         before = history.writers.get(topic)
         if before is not None and before != record.partition:
             self.conflicts.append((ref, record, before))

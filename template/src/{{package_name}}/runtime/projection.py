@@ -238,8 +238,10 @@ def _time_order(event: Event[Any]) -> int:
 
 def _sequence_order(event: Event[Any], by: str) -> int:
     value = getattr(event.data, by, None)
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise InvalidDataError(f"{event.type}: its contract orders by {by!r}, not an integer here")
+    if not isinstance(value, int) or isinstance(value, bool) or not -(2**63) <= value < 2**63:
+        raise InvalidDataError(
+            f"{event.type}: its contract orders by {by!r}, not a 64-bit integer here"
+        )
     return value
 
 
