@@ -218,11 +218,7 @@ async def load(
     reading: a record loaded twice writes the same state and the same lookup entries. Redis runs
     each batch's commit while the next batch is read from Kafka.
     """
-    tps = await partitions_of(settings, topic)
-    consumer.assign(tps)
-    begin: dict[TopicPartition, int] = await consumer.beginning_offsets(tps)
-    end: dict[TopicPartition, int] = await consumer.end_offsets(tps)
-    last = await _last_complete_export(consumer, begin, end)
+    tps, begin, end, last = await _newest_export(consumer, settings, topic)
     if last is None:
         log.info("no complete snapshot on %s: starting from the upstream topics alone", topic)
         return Summary(None, 0, 0)
@@ -379,11 +375,7 @@ async def last_positions(
     from (None: no complete export). An export sends its positions before anything else, so on
     each partition they come before its other records: read from the start until another record
     of the export."""
-    tps = await partitions_of(settings, topic)
-    consumer.assign(tps)
-    begin: dict[TopicPartition, int] = await consumer.beginning_offsets(tps)
-    end: dict[TopicPartition, int] = await consumer.end_offsets(tps)
-    last = await _last_complete_export(consumer, begin, end)
+    _, begin, end, last = await _newest_export(consumer, settings, topic)
     if last is None:
         return None
     export = last["export"].encode()
@@ -403,6 +395,23 @@ async def last_positions(
                 name, partition = record.key.decode().rsplit(":", 1)
                 positions[TopicPartition(name, int(partition))] = int(record.value)
     return positions
+
+
+async def _newest_export(
+    consumer: AIOKafkaConsumer, settings: ServiceSettings, topic: str
+) -> tuple[
+    list[TopicPartition],
+    dict[TopicPartition, int],
+    dict[TopicPartition, int],
+    dict[str, Any] | None,
+]:
+    """`topic`'s partitions, assigned to `consumer`, where each begins and ends, and the `end`
+    record of its newest complete export (None: none)."""
+    tps = await partitions_of(settings, topic)
+    consumer.assign(tps)
+    begin: dict[TopicPartition, int] = await consumer.beginning_offsets(tps)
+    end: dict[TopicPartition, int] = await consumer.end_offsets(tps)
+    return tps, begin, end, await _last_complete_export(consumer, begin, end)
 
 
 async def _last_complete_export(
