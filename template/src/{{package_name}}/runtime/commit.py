@@ -75,6 +75,14 @@ def decoded(
     return entities
 
 
+def states(
+    collections: Mapping[str, Collection[Any]], stored: Mapping[EntityRef, bytes | None]
+) -> dict[EntityRef, Any]:
+    """The `stored` entities as their models, None where absent: what a fold starts from."""
+    found = {ref: raw for ref, raw in stored.items() if raw is not None}
+    return {**dict.fromkeys(stored), **decoded(collections, found)}
+
+
 def writes_for(
     collections: Mapping[str, Collection[Any]],
     before: Mapping[EntityRef, Any],
@@ -188,6 +196,19 @@ class Batches:
             return {}
         found = await hget_each(self.redis, [self.keys.entity(*ref) for ref in refs])
         return dict(zip(refs, found, strict=True))
+
+    async def read_with_histories(
+        self, refs: Sequence[EntityRef]
+    ) -> tuple[dict[EntityRef, bytes | None], dict[EntityRef, tuple[Slot, bytes | None]]]:
+        """Each entity's stored JSON, and where its history (fold.py) is and what it holds, in
+        one round trip: what a fold reads, and what its commit guards."""
+        keys = self.keys
+        history_slots = [keys.history(*ref) for ref in refs]
+        found = await hget_each(self.redis, [keys.entity(*ref) for ref in refs] + history_slots)
+        count = len(refs)
+        entities = dict(zip(refs, found[:count], strict=True))
+        histories = zip(refs, zip(history_slots, found[count:], strict=True), strict=True)
+        return entities, dict(histories)
 
     async def read_slots(self, slots: Sequence[Slot]) -> dict[Slot, bytes | None]:
         """The value of each hash field (None: absent), in one round trip."""

@@ -30,14 +30,13 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError, NoOffsetForPartitionError, OffsetOutOfRangeError
 from redis.exceptions import RedisError
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
-from .commit import EntityRef, Writes, decoded
+from .commit import EntityRef, Writes, states
 from .deadletter import DeadLetter, DeadLetters, Retry
 from .events import InvalidEventError
 from .fold import Fold, History, Work, parked_sequences, stored_writes
@@ -48,7 +47,6 @@ from .observability import logs
 from .observability.instruments import Instruments
 from .projection import Registry
 from .readmodel import ReadModel
-from .redis import hget_each
 from .settings import ServiceSettings
 from .versions import ReadModelLostError
 
@@ -346,7 +344,7 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
 
         sent: set[tuple[str, int, int]] = set()  # where the letters sent so far came from
         while True:
-            current, histories = await self._read(refs)
+            current, histories = await self._batches.read_with_histories(refs)
             writes, folded, letters = await self._fold(work, current, histories)
             letters = rejected + letters
             unsent = [letter for letter in letters if _source(letter) not in sent]
@@ -371,21 +369,6 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
         instruments.batch_events.observe(len(records))
         return new
 
-    async def _read(
-        self, refs: list[EntityRef]
-    ) -> tuple[dict[EntityRef, bytes | None], dict[EntityRef, tuple[Slot, bytes | None]]]:
-        """The entities' stored JSON, and where their histories are and what they hold, in one
-        round trip."""
-        keys = self._batches.keys
-        history_slots = [keys.history(*ref) for ref in refs]
-        found = await hget_each(
-            self._batches.redis, [keys.entity(*ref) for ref in refs] + history_slots
-        )
-        count = len(refs)
-        entities = dict(zip(refs, found[:count], strict=True))
-        histories = zip(refs, zip(history_slots, found[count:], strict=True), strict=True)
-        return entities, dict(histories)
-
     async def _fold(
         self,
         work: Work,
@@ -396,17 +379,17 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
         events raise, the batch is folded again after a wait (a fold is synchronous: nothing waits
         within it), until they have failed every attempt: then they are parked."""
         collections = self._registry.collections
-        before: dict[EntityRef, Any] = dict.fromkeys(current)
-        raws = {ref: raw for ref, raw in current.items() if raw is not None}
-        before.update(decoded(collections, raws))
-        loaded = [{ref: History.loads(raw) for ref, (_, raw) in stored.items()}]
-        queues = await parked_sequences(self._batches, loaded[0])
+        before = states(collections, current)
 
-        def fold(give_up: Mapping[int, Exception] | None = None) -> Fold:
-            # A fold changes the histories it is given: one folding again reads them again.
-            histories = (
-                loaded.pop() if loaded else {r: History.loads(h) for r, (_, h) in stored.items()}
-            )
+        def histories() -> dict[EntityRef, History]:  # a fold changes those it is given
+            return {ref: History.loads(raw) for ref, (_, raw) in stored.items()}
+
+        first = histories()
+        queues = await parked_sequences(self._batches, first)
+
+        def fold(
+            histories: dict[EntityRef, History], give_up: Mapping[int, Exception] | None = None
+        ) -> Fold:
             return Fold(
                 before,
                 histories,
@@ -417,7 +400,7 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
                 reread=self._registry.reread,
             ).run(work)
 
-        folded = fold()
+        folded = fold(first)
         attempt = 1
         while folded.failed and attempt < self._retry.attempts:
             for index, error in folded.failed.items():
@@ -427,11 +410,11 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
                     log.warning("projecting %s failed (attempt %d): %r", where, attempt, error)
             await self._retry.wait(attempt)
             attempt += 1
-            folded = fold()
+            folded = fold(histories())
         give_up: dict[int, Exception] = {}
         while folded.failed:  # every attempt failed: park them, with the entities they change
             give_up.update(folded.failed)
-            folded = fold(give_up)
+            folded = fold(histories(), give_up)
         writes = stored_writes(folded, self._batches.keys, collections, before, stored)
         letters = [DeadLetter(record, error) for record, error in folded.letters]
         return writes, folded, letters

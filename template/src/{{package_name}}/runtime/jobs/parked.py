@@ -14,7 +14,7 @@ from typing import Any, cast
 
 import orjson
 
-from ..commit import EntityRef, decoded
+from ..commit import EntityRef, states
 from ..deadletter import DeadLetter, DeadLetters
 from ..errors import StartupError
 from ..fold import Fold, History, parked_sequences, stored_writes
@@ -45,11 +45,10 @@ async def parked(settings: ServiceSettings) -> list[dict[str, Any]]:
 async def listed(readmodel: ReadModel) -> list[dict[str, Any]]:
     keys = readmodel.keys
     found: dict[bytes, bytes] = cast(dict[bytes, bytes], await readmodel.redis.hgetall(keys.parked))
+    refs = [keys.parse_parked_entity(name) for name in found]
+    heads = await readmodel.batches.read_slots([keys.parked_event(*ref, 0) for ref in refs])
     entries = []
-    for name, raw in found.items():
-        collection, key = keys.parse_parked_entity(name)
-        head = await readmodel.batches.read_slots([keys.parked_event(collection, key, 0)])
-        first = next(iter(head.values()))
+    for (collection, key), raw, first in zip(refs, found.values(), heads.values(), strict=True):
         where = None
         if first is not None:
             record = orjson.loads(first)
@@ -66,16 +65,13 @@ async def release(
     async with clients(settings) as c:
         readmodel = await existing(c.readmodel)
         batches, keys = readmodel.batches, readmodel.keys
+        dead_letters = DeadLetters(c.producer, settings.dlq_topic)
         while True:
-            entity_slot, history_slot = keys.entity(*ref), keys.history(*ref)
-            read = await batches.read_slots([entity_slot, history_slot])
-            history = History.loads(read[history_slot])
+            current, stored = await batches.read_with_histories([ref])
+            history = History.loads(stored[ref][1])
             if not history.parked:
                 raise NotParkedError(f"{ref[0]}/{ref[1]} has no parked events")
-            raw = read[entity_slot]
-            before: dict[EntityRef, Any] = {ref: None}
-            if raw is not None:
-                before.update(decoded(registry.collections, {ref: raw}))
+            before = states(registry.collections, current)
             histories = {ref: history}
             queues = await parked_sequences(batches, histories)
             fold = Fold(
@@ -87,18 +83,14 @@ async def release(
                 reread=registry.reread,
             )
             skipped = fold.release(ref, skip_head=skip_head)
-            stored = {ref: (history_slot, read[history_slot])}
             writes = stored_writes(fold, keys, registry.collections, before, stored)
-            dead_letters = DeadLetters(c.producer, settings.dlq_topic)
             letters = [DeadLetter(record, error) for record, error in fold.letters]
             letters += [
                 DeadLetter(item.record, SkippedByOperatorError(f"skipped at {ref[0]}/{ref[1]}"))
                 for item in skipped
             ]
             await dead_letters.send(letters)  # before the commit that drops them
-            committed = await batches.commit(
-                {}, {}, {ref: raw}, writes, guards={history_slot: read[history_slot]}
-            )
+            committed = await batches.commit({}, {}, current, writes, guards=dict(stored.values()))
             if committed == "ok":
                 break
         for item in skipped:
