@@ -40,7 +40,7 @@ from .commit import EntityRef, Writes, states
 from .deadletter import DeadLetter, DeadLetters, Retry
 from .events import InvalidEventError
 from .fold import Fold, History, Work, parked_sequences, stored_writes
-from .kafka import Gap, GapError, Record, gaps, reached, seek
+from .kafka import Gap, GapError, Record, gaps, known_positions, reached, seek
 from .kafka.unreadable import Unreadable, UnreadableRecord, locate, readable_before
 from .keyspace import Slot
 from .observability import logs
@@ -281,13 +281,38 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
         return lags
 
     async def _when_idle(self) -> None:
-        """While idle, notice a rebuild's swap (a busy projector notices at its next commit)."""
+        """While idle, notice a rebuild's swap (a busy projector notices at its next commit), and
+        store the positions the consumer moved past offsets that hold no record for it."""
         try:
             if await self._follow_version():
                 async with self._batch_lock:
                     await self._seek_to_stored(list(self._positions))
+            else:
+                await self._commit_to_kafka(await self._step_over_empty_offsets())
         except RedisError as exc:
-            log.debug("version check failed: %r", exc)
+            log.debug("idle check failed: %r", exc)
+
+    async def _step_over_empty_offsets(self) -> dict[TopicPartition, int]:
+        """Store positions past transaction markers and aborted records: a stored position is
+        the last record's offset + 1, so a partition ending in a marker (as every transactional
+        producer leaves) would otherwise stay one behind its end for ever. Idle, everything the
+        consumer handed out is applied: what it moved past since holds nothing to apply."""
+        async with self._batch_lock:
+            expected: dict[TopicPartition, int | None] = {}
+            new: dict[TopicPartition, int] = {}
+            ungapped = [tp for tp in self._positions if tp not in self.gaps]
+            for tp, position in known_positions(self.consumer, ungapped).items():
+                stored = self._positions[tp]
+                if position > (stored or 0):
+                    expected[tp], new[tp] = stored, position
+            if not new:
+                return {}
+            if await self._batches.commit(expected, new, {}, Writes()) != "ok":
+                await self._seek_to_stored(list(expected))
+                return {}
+            self._positions.update(new)
+            self.committed_at = time.monotonic()
+            return new
 
     async def _past(self, where: Unreadable) -> dict[TopicPartition, list[Record]]:
         """The batch that takes `where.tp` past a record the client cannot parse: the records

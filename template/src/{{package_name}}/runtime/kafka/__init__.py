@@ -8,14 +8,23 @@ callbacks). A later bus (NATS, RabbitMQ) is a sibling package offering the same 
 - `topics`: the topics this service owns, which exist, their partitions; creating them, deleting
   records before an offset.
 - `positions`: assigning every partition, seeking to offsets, end offsets, whether a consumer has
-  reached them; gaps (positions before a partition's log start).
+  reached them, where it reads next; gaps (positions before a partition's log start).
 - `consuming`: `Record`, what the machinery reads of a consumed record, and the at-least-once
   loop for consumers whose handling is idempotent.
 """
 
 from .clients import client_options, new_admin, new_consumer, new_producer, start_client
 from .consuming import consume_each
-from .positions import Gap, GapError, assign_all, end_offsets, gaps, reached, seek
+from .positions import (
+    Gap,
+    GapError,
+    assign_all,
+    end_offsets,
+    gaps,
+    known_positions,
+    reached,
+    seek,
+)
 from .records import Record
 from .topics import (
     create_topics,
@@ -36,6 +45,7 @@ __all__ = [
     "delete_records_before",
     "end_offsets",
     "gaps",
+    "known_positions",
     "missing_topics",
     "new_admin",
     "new_consumer",

@@ -1,7 +1,7 @@
 """Where a consumer reads: assigning partitions, seeking to offsets, the end offsets it is to
 reach, whether it has reached them, and gaps: offsets the log no longer holds."""
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import cast
 
@@ -30,6 +30,21 @@ async def seek(consumer: AIOKafkaConsumer, positions: Mapping[TopicPartition, in
     begin = await consumer.beginning_offsets(missing) if missing else {}
     for tp, offset in positions.items():
         consumer.seek(tp, begin[tp] if offset is None else offset)
+
+
+def known_positions(
+    consumer: AIOKafkaConsumer, tps: Iterable[TopicPartition]
+) -> dict[TopicPartition, int]:
+    """The offset the consumer reads next, for each of `tps` it has one for: past the records it
+    handed out, and past the offsets after them that hold none for it (transaction markers,
+    aborted records). aiokafka's `position()` waits, without end, on a partition not sought yet,
+    and offers no way that does not: its subscription state is read instead."""
+    subscription = consumer._subscription.subscription
+    assignment = None if subscription is None else subscription.assignment
+    if assignment is None:
+        return {}
+    states = {tp: assignment.state_value(tp) for tp in tps if tp in assignment.tps}
+    return {tp: state.position for tp, state in states.items() if state.has_valid_position}
 
 
 @dataclass(frozen=True)
