@@ -502,49 +502,112 @@ async def projection(run: str, src: Path, count: int, rounds: int) -> tuple[list
     return figures, settings
 
 
-async def memory(settings: Any) -> Figure:
-    """Every key the read model holds for its personas (entities, their histories and lookups)
-    per entity."""
+@dataclass
+class Footprint:
+    """What a read model of personas holds in Redis, in bytes per entity."""
+
+    entities: int
+    total: float  # every key of the read model
+    alone: float  # the entity hashes
+    histories: float
+    json: float  # an entity's JSON
+
+    @property
+    def ratio(self) -> float:
+        return self.total / self.json
+
+
+async def footprint(prefix: str) -> Footprint:
+    """Every key the read model at `prefix` holds for its personas (entities, their histories
+    and lookups), per entity."""
     from personabff.runtime.readmodel import ReadModel
 
     redis = Redis.from_url(REDIS)
     try:
-        readmodel = ReadModel(redis, settings.redis_key_prefix)
+        readmodel = ReadModel(redis, prefix)
         keyspace = readmodel.keys
         keys = [key async for key in redis.scan_iter(match=keyspace.everything, count=1000)]
-        async with redis.pipeline(transaction=False) as pipe:
-            for key in keys:
-                pipe.memory_usage(key, samples=0)
-            usages = await pipe.execute()
-        total = sum(usage or 0 for usage in usages)
+        usages: list[int | None] = []
+        for start in range(0, len(keys), 10_000):
+            async with redis.pipeline(transaction=False) as pipe:
+                for key in keys[start : start + 10_000]:
+                    pipe.memory_usage(key, samples=0)
+                usages += await pipe.execute()
+        used = dict(zip(keys, usages, strict=True))
         entity_hashes = {key async for key in redis.scan_iter(match=keyspace.buckets(), count=1000)}
         history_hashes = {
             key async for key in redis.scan_iter(match=keyspace.per_entity()[0], count=1000)
         }
-        used = dict(zip(keys, usages, strict=True))
-        alone = sum(used[key] or 0 for key in entity_hashes)
-        histories = sum(used[key] or 0 for key in history_hashes)
         entities = await readmodel.queries.count("personas")
         page, _ = await readmodel.queries.page("personas", after=None, limit=5000)
-        json_bytes = statistics.mean(len(value) for value in page)
+        return Footprint(
+            entities,
+            sum(usage or 0 for usage in usages) / entities,
+            sum(used[key] or 0 for key in entity_hashes) / entities,
+            sum(used[key] or 0 for key in history_hashes) / entities,
+            statistics.mean(len(value) for value in page),
+        )
     finally:
         await redis.aclose()
-    per_entity = total / entities
+
+
+async def memory(settings: Any) -> Figure:
+    used = await footprint(settings.redis_key_prefix)
     note = (
-        f"{entities:,} entities, JSON {json_bytes:.0f} B each; their histories (the last 8 events"
-        f" applied to each, to skip redeliveries) {histories / entities:.0f} B; the entities"
-        f" alone {alone / entities:.0f} B ({alone / entities / json_bytes:.2f}x)"
+        f"{used.entities:,} entities, JSON {used.json:.0f} B each; their histories (the last 8"
+        f" events applied to each, to skip redeliveries) {used.histories:.0f} B; the entities"
+        f" alone {used.alone:.0f} B ({used.alone / used.json:.2f}x)"
     )
     return Figure(
-        "Redis memory per entity",
-        per_entity,
-        json_bytes,
-        "bytes",
-        per_entity / json_bytes,
-        1.5,
-        False,
-        note,
+        "Redis memory per entity", used.total, used.json, "bytes", used.ratio, 1.5, False, note
     )
+
+
+async def growth(run: str, sizes: tuple[int, int]) -> list[Figure]:
+    """The projector's rate and the memory per entity with few and with many entities, with the
+    same event mix (each persona created, then renamed once): how they grow with the read
+    model. Each size is projected once, on a topic of its own, from the start."""
+    from personabff.runtime.kafka import create_topics
+
+    rates: dict[int, float] = {}
+    used: dict[int, Footprint] = {}
+    for size in sizes:
+        settings = settings_for(f"{run}g{size}")
+        [topic] = settings.upstream_topics
+        await create_topics(settings, [topic, settings.dlq_topic], partitions=3)
+        say(f"growth: producing {2 * size:,} events for {size:,} personas")
+        await produce(topic, persona_events(2 * size))
+        say(f"growth: projecting {size:,} personas")
+        rates[size] = await project(settings, settings.redis_key_prefix, topic, 2 * size)
+        used[size] = await footprint(settings.redis_key_prefix)
+        say(
+            f"growth: {size:,} personas: {rates[size]:,.0f} events/s, {used[size].total:.0f} B each"
+        )
+    few, many = sizes
+    return [
+        Figure(
+            f"projection with {many:,} entities vs {few:,}",
+            rates[many],
+            rates[few],
+            "events/s",
+            rates[many] / rates[few],
+            0.5,
+            True,
+            f"{2 * many:,} and {2 * few:,} events (each persona created, then renamed); one run"
+            " each",
+        ),
+        Figure(
+            f"Redis memory per entity with {many:,} entities",
+            used[many].total,
+            used[many].json,
+            "bytes",
+            used[many].ratio,
+            1.5,
+            False,
+            f"{used[few].ratio:.2f}x with {few:,} ({used[few].total:.0f} B); histories"
+            f" {used[many].histories:.0f} B, the entities alone {used[many].alone:.0f} B",
+        ),
+    ]
 
 
 async def bootstrap(settings: Any, rounds: int) -> Figure:
@@ -852,6 +915,7 @@ async def measure(project: Path, quick: bool) -> list[Figure]:
         figures.append(await bootstrap(settings, rounds=3))
         figures += await saga(f"{run}saga", 300 if quick else 1000)
         figures += await asyncio.to_thread(query, project, settings, 3 if quick else 10, 7)
+        figures += await growth(run, (10_000, 100_000) if quick else (10_000, 1_000_000))
         return figures
     finally:
         async with Redis.from_url(REDIS) as redis:
