@@ -1,10 +1,11 @@
-"""Gaps: what becomes of a partition whose stored position is before its log start.
+"""Gaps: what becomes of a partition whose stored position is outside its log.
 
 The projector finds them and stops those partitions (projector.py); this module ends a gap in one
 of two ways, and nothing else moves a position past records that were never applied:
 
 - Recovery, by the service itself, when the last complete snapshot on the data topic starts every
-  upstream partition at or past its log start (and the gapped ones past their stored positions).
+  upstream partition inside its log (and the gapped ones past their stored positions), and no
+  gap is past its log's end (a snapshot names offsets of the log as it was).
   The read model is then loaded again from it as a lost one is: every stored position is deleted
   and the version marked as waiting for its bootstrap, in one script that first checks the gapped
   positions are still those found. The load drops the entities and writes the snapshot's, with its
@@ -12,7 +13,8 @@ of two ways, and nothing else moves a position past records that were never appl
   event is applied after the snapshot's positions only, so nothing is applied twice.
 - Acceptance, by an operator (`gaps accept`, jobs/gaps.py): the stored position moves to the log
   start, only if it still is the one found, and an entry is added to the audit stream
-  (Keyspace.gaps_accepted). The records deleted are lost for good.
+  (Keyspace.gaps_accepted). The records deleted are lost for good; past the log's end, what the
+  log holds now is applied from its start.
 
 `watch` runs in the service: every GAP_POLL_S it seeks the stopped partitions to their stored
 positions again (one accepted resumes), and looks for a snapshot to recover from when a gap is
@@ -137,7 +139,12 @@ async def recover(
     settings: ServiceSettings, topics: list[str], readmodel: ReadModel, found: list[Gap]
 ) -> bool:
     """Have the read model loaded again from the last snapshot if it closes the gaps `found`
-    without opening another; True when the bootstrap was restarted."""
+    without opening another; True when the bootstrap was restarted. A position past its log's
+    end is left to an operator: a snapshot's positions name offsets of the log as it was."""
+    wanted = ", ".join(f"{gap.tp.topic}[{gap.tp.partition}]" for gap in found)
+    if any(gap.log_end is not None for gap in found):
+        log.info("no snapshot recovers %s: a position is past its log's end", wanted)
+        return False
     consumer = new_consumer(settings, group_id=None)
     await start_client(consumer, settings)
     try:
@@ -150,7 +157,6 @@ async def recover(
         left = await gaps(consumer, start) if positions is not None else {}
     finally:
         await consumer.stop()
-    wanted = ", ".join(f"{gap.tp.topic}[{gap.tp.partition}]" for gap in found)
     if positions is None:
         log.info("no snapshot on %s to recover %s from", settings.data_topic, wanted)
         return False

@@ -154,18 +154,18 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
         )
 
     async def _out_of_range(self, offsets: Mapping[TopicPartition, int]) -> None:
-        """A fetch refused: the offset is not in the log. Before its start, a gap; one met before
-        the assignment's seek is left to it."""
+        """A fetch refused: the offset is not in the log, a gap (kafka/positions.py); one met
+        before the assignment's seek is left to it."""
         async with self._batch_lock:
             tps = [tp for tp in offsets if tp in self._positions]
             if tps:
                 await self._seek_to_stored(tps, found_on="fetch")
         past = [(tp, offsets[tp]) for tp in tps if tp not in self.gaps]
-        if past:  # past the log's end: a topic deleted and created again, or a truncated log
+        if past:  # inside the log when looked at again: it moved meanwhile
             if not self._reported.issuperset(past):
                 self._reported.update(past)
                 where = ", ".join(_where_tp(tp, offset) for tp, offset in past)
-                log.error("fetch out of range at %s, not before the log start: retrying", where)
+                log.error("fetch out of range at %s, inside the log since: retrying", where)
             await asyncio.sleep(1.0)
 
     async def _follow_version(self) -> bool:

@@ -52,8 +52,8 @@ async def accept(settings: ServiceSettings, topic: str, partition: int) -> Gap:
         gap = (await gaps_at(c.consumer, stored)).get(tp)
         if gap is None:
             raise RefusedError(
-                f"no gap on {topic}[{partition}]: its stored position ({stored[tp]}) is not"
-                " before its log start"
+                f"no gap on {topic}[{partition}]: its stored position ({stored[tp]}) is inside"
+                " its log"
             )
         outcome = await gaps.accept(readmodel, gap)
         if outcome != "ok":

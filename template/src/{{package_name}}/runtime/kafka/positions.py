@@ -49,31 +49,47 @@ def known_positions(
 
 @dataclass(frozen=True)
 class Gap:
-    """A stored position before its partition's log start: the records from `position` up to
-    `log_start` were deleted (retention, `delete_records`) before they were applied."""
+    """A stored position outside its partition's log, so records were never applied: before the
+    log start, the records from `position` up to `log_start` were deleted (retention,
+    `delete_records`) before they were applied; past the log's end (`log_end`), the topic was
+    created again or its log truncated, and what it holds now, from `log_start`, never was."""
 
     tp: TopicPartition
     position: int
     log_start: int
+    log_end: int | None = None  # set when the position is past it
 
     @property
     def missing(self) -> int:
+        """The offsets between the position and the log."""
+        if self.log_end is not None:
+            return self.position - self.log_end
         return self.log_start - self.position
 
     def describe(self) -> str:
+        where = f"{self.tp.topic}[{self.tp.partition}]"
+        if self.log_end is not None:
+            return (
+                f"{where}: stored position {self.position} is past the log's end"
+                f" ({self.log_end}): the topic was created again or its log truncated; its"
+                f" records from offset {self.log_start} were never applied"
+            )
         return (
-            f"{self.tp.topic}[{self.tp.partition}]: offsets {self.position} to"
-            f" {self.log_start - 1} deleted before they were applied ({self.missing} records)"
+            f"{where}: offsets {self.position} to {self.log_start - 1} deleted before they were"
+            f" applied ({self.missing} records)"
         )
 
     def as_dict(self) -> dict[str, str | int]:
-        return {
+        found: dict[str, str | int] = {
             "topic": self.tp.topic,
             "partition": self.tp.partition,
             "position": self.position,
             "log_start": self.log_start,
             "missing": self.missing,
         }
+        if self.log_end is not None:
+            found["log_end"] = self.log_end
+        return found
 
 
 class GapError(RuntimeError):
@@ -87,12 +103,22 @@ class GapError(RuntimeError):
 async def gaps(
     consumer: AIOKafkaConsumer, positions: Mapping[TopicPartition, int | None]
 ) -> dict[TopicPartition, Gap]:
-    """The partitions whose position is before their log start. Only that is a gap: offsets
-    missing inside the log (compaction, transaction markers) are normal, and a partition without
-    a position (nothing applied from it yet) starts at its beginning, wherever that is."""
+    """The partitions whose position is outside their log: before its start, or past its end.
+    Only that is a gap: offsets missing inside the log (compaction, transaction markers) are
+    normal, and a partition without a position (nothing applied from it yet) starts at its
+    beginning, wherever that is."""
     known = {tp: offset for tp, offset in positions.items() if offset is not None}
-    starts = await consumer.beginning_offsets(list(known)) if known else {}
-    return {tp: Gap(tp, offset, starts[tp]) for tp, offset in known.items() if offset < starts[tp]}
+    if not known:
+        return {}
+    starts = await consumer.beginning_offsets(list(known))
+    ends = await consumer.end_offsets(list(known))
+    found: dict[TopicPartition, Gap] = {}
+    for tp, offset in known.items():
+        if offset < starts[tp]:
+            found[tp] = Gap(tp, offset, starts[tp])
+        elif offset > ends[tp]:
+            found[tp] = Gap(tp, offset, starts[tp], ends[tp])
+    return found
 
 
 async def reached(consumer: AIOKafkaConsumer, end: Mapping[TopicPartition, int]) -> bool:
