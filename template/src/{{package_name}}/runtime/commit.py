@@ -180,6 +180,28 @@ return 'ok'
 """
 
 
+class Sent:
+    """A commit written out, its answer not read yet."""
+
+    def __init__(
+        self, batches: "Batches", connection: Any, keys: list[str], args: list[Any]
+    ) -> None:
+        self._batches, self._connection, self._keys, self._args = batches, connection, keys, args
+
+    async def outcome(self) -> Outcome:
+        """The commit's outcome, as `Batches.commit()` gives it. The connection goes back to its
+        pool, closed first if the answer could not be read (what is left on it is unknown)."""
+        pool = self._batches.redis.connection_pool
+        try:
+            answer = await self._connection.read_response()
+        except BaseException:
+            await self._connection.disconnect()
+            raise
+        finally:
+            await pool.release(self._connection)
+        return await self._batches._outcome(answer, self._keys, self._args)
+
+
 class Batches:
     """Batch commits to the read model whose keys are `keys`. A `live` one commits to the version
     the pointer names (and waits out a snapshot export's freeze); one that is not writes a version
@@ -243,14 +265,38 @@ class Batches:
         freeze, it waits. Unless `bootstrapping`, raises ReadModelLostError while the live
         version waits for its bootstrap."""
         keys, args = self._arguments(expected, new, read, guards or {}, writes, bootstrapping)
-        while True:
-            outcome = await self.redis.eval(_COMMIT, len(keys), *keys, *args)
-            if outcome != b"frozen":
-                break
-            await asyncio.sleep(FREEZE_POLL_S)  # a snapshot export is reading (in Redis)
-        if outcome == b"pending":
+        answer = await self.redis.eval(_COMMIT, len(keys), *keys, *args)
+        return await self._outcome(answer, keys, args)
+
+    async def send(
+        self,
+        expected: Mapping[TopicPartition, int | None],
+        new: Mapping[TopicPartition, int],
+        read: Mapping[EntityRef, bytes | None],
+        writes: Writes,
+        *,
+        guards: Mapping[Slot, bytes | None] | None = None,
+    ) -> "Sent":
+        """commit(), written out on a connection of its own; `Sent.outcome()` reads its answer.
+        What the caller does meanwhile overlaps the script running in Redis."""
+        keys, args = self._arguments(expected, new, read, guards or {}, writes, False)
+        pool = self.redis.connection_pool
+        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            await connection.send_command("EVAL", _COMMIT, len(keys), *keys, *args)
+        except BaseException:
+            await connection.disconnect()
+            await pool.release(connection)
+            raise
+        return Sent(self, connection, keys, args)
+
+    async def _outcome(self, answer: bytes, keys: list[str], args: list[Any]) -> Outcome:
+        while answer == b"frozen":  # a snapshot export is reading (in Redis): try again
+            await asyncio.sleep(FREEZE_POLL_S)
+            answer = await self.redis.eval(_COMMIT, len(keys), *keys, *args)
+        if answer == b"pending":
             raise ReadModelLostError("the read model is being bootstrapped again")
-        return cast(Outcome, outcome.decode())
+        return cast(Outcome, answer.decode())
 
     async def write(
         self,

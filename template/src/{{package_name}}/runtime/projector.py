@@ -30,13 +30,14 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError, NoOffsetForPartitionError, OffsetOutOfRangeError
 from redis.exceptions import RedisError
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
-from .commit import EntityRef, Writes, states
+from .commit import EntityRef, Sent, Writes, states
 from .deadletter import DeadLetter, DeadLetters, Retry
 from .events import InvalidEventError
 from .fold import Fold, History, Work, parked_sequences, stored_writes
@@ -53,6 +54,33 @@ from .versions import ReadModelLostError
 log = logging.getLogger(__name__)
 
 FAILED_BATCH_MAX_WAIT_S = 30.0  # the longest wait between tries of a batch that keeps failing
+
+
+@dataclass(slots=True)
+class _Batch:
+    """A batch's records not applied yet, read; once folded, its writes and dead letters and
+    its commit once sent."""
+
+    expected: dict[TopicPartition, int | None]  # the positions it starts from
+    new: dict[TopicPartition, int]  # the positions it commits
+    work: Work
+    rejected: list[DeadLetter]  # records that are no valid event
+    count: int
+    started: float = field(default_factory=time.perf_counter)
+    sent: set[tuple[str, int, int]] = field(default_factory=set)  # dead letters sent (sources)
+    read: dict[EntityRef, bytes | None] = field(default_factory=dict)  # entities, as read
+    histories: dict[EntityRef, tuple[Slot, bytes | None]] = field(default_factory=dict)
+    writes: Writes = field(default_factory=Writes)
+    folded: Fold | None = None
+    letters: list[DeadLetter] = field(default_factory=list)
+    commit: Sent | None = None
+
+    def refs(self) -> list[EntityRef]:
+        return list(dict.fromkeys((c.collection.name, c.key) for _, cs in self.work for c in cs))
+
+    def parks(self) -> bool:
+        """Whether its fold read or changed parked sequences."""
+        return self.folded is not None and bool(self.folded.queues or self.folded.rewritten)
 
 
 class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
@@ -99,10 +127,13 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
         # Per partition, how often it was sought: what a fetch begun before a seek returns of it
         # is from the old position (the consumer's committed offset, on assignment), so dropped.
         self._sought: Counter[TopicPartition] = Counter()
+        # The batch folded last: it is committed while the next one is folded.
+        self._pending: _Batch | None = None
 
     # ------------------------------------------------------------------ rebalance listener
     async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
         async with self._batch_lock:
+            await self._settle_quietly()
             for tp in revoked:
                 self._positions.pop(tp, None)
                 self.gaps.pop(tp, None)
@@ -116,6 +147,7 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
         self.assigned_once.set()
 
     async def _seek_to_stored(self, tps: list[TopicPartition], found_on: str = "seek") -> None:
+        await self._settle_quietly()  # what it commits moves the stored positions
         # Without its stored position a partition cannot be consumed safely: wait for Redis.
         async for attempt in AsyncRetrying(
             wait=wait_exponential(multiplier=0.1, max=5.0),
@@ -197,54 +229,67 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
                 await self._seek_to_stored(list(self._positions))
         start = sum(self._positions.get(tp) or 0 for tp in until or {})
         failures = 0
-        while not self._stopping.is_set():
-            if self._lost is not None:
-                raise self._lost
-            if until is not None and self.gaps:
-                raise GapError(list(self.gaps.values()))
-            if until is not None:
-                if progress is not None:
-                    done = sum(self._positions.get(tp) or 0 for tp in until) - start
-                    progress(done, sum(until.values()) - start)
-                if await self._reached(until):
-                    return
-            sought = self._sought.copy()
-            try:
-                batches = await self.consumer.getmany(
-                    timeout_ms=self._poll_timeout_ms, max_records=self._max_batch
-                )
-            except OffsetOutOfRangeError as exc:
-                await self._out_of_range(exc.args[0])
-                continue
-            except NoOffsetForPartitionError:
-                continue  # assigned, not sought yet: the rebalance listener seeks it
-            except Exception as exc:
-                unreadable = locate(exc)
-                if unreadable is None:
-                    raise
-                batches = await self._past(unreadable)
+        try:
+            while not self._stopping.is_set():
+                if self._lost is not None:
+                    raise self._lost
+                if until is not None and self.gaps:
+                    raise GapError(list(self.gaps.values()))
+                if until is not None:
+                    if progress is not None:
+                        done = sum(self._positions.get(tp) or 0 for tp in until) - start
+                        progress(done, sum(until.values()) - start)
+                    if await self._reached(until):
+                        async with self._batch_lock:
+                            await self._commit_to_kafka(await self._settle())
+                        if await self._reached(until):  # the last commit did not move on
+                            return
                 sought = self._sought.copy()
-            if not batches:
-                await self._when_idle()
-                continue
-            try:
-                async with self._batch_lock:
-                    committed = await self._apply(await self._current(batches, sought))
-            except (RedisError, KafkaError) as exc:
-                # Nothing of the batch was committed: wait, then read it again from Redis
-                # positions; the wait grows while it keeps failing, and the first failure of a
-                # run of them is logged at WARNING (the watchdog reports a stall it causes).
-                failures += 1
-                if self.failing is None:
-                    log.warning("batch failed, retrying from the stored positions: %r", exc)
-                self.failing = f"batch failed: {type(exc).__name__}: {exc}"[:300]
-                await asyncio.sleep(min(FAILED_BATCH_MAX_WAIT_S, 0.25 * 2**failures))
-                async with self._batch_lock:
-                    await self._seek_to_stored(list(self._positions))
-                continue
-            failures, self.failing = 0, None
-            # Outside the lock: a commit waits for a rebalance, which waits for the lock.
-            await self._commit_to_kafka(committed)
+                # With a batch folded, only what is fetched already: else it is committed now,
+                # not after a wait for more.
+                waits = self._pending is None
+                try:
+                    batches = await self.consumer.getmany(
+                        timeout_ms=self._poll_timeout_ms if waits else 0,
+                        max_records=self._max_batch,
+                    )
+                except OffsetOutOfRangeError as exc:
+                    await self._out_of_range(exc.args[0])
+                    continue
+                except NoOffsetForPartitionError:
+                    continue  # assigned, not sought yet: the rebalance listener seeks it
+                except Exception as exc:
+                    unreadable = locate(exc)
+                    if unreadable is None:
+                        raise
+                    batches = await self._past(unreadable)
+                    sought = self._sought.copy()
+                try:
+                    async with self._batch_lock:
+                        if batches:
+                            committed = await self._advance(batches, sought)
+                        else:
+                            committed = await self._settle()
+                except (RedisError, KafkaError) as exc:
+                    # Nothing of the batch was committed: wait, then read it again from Redis
+                    # positions; the wait grows while it keeps failing, and the first failure of
+                    # a run of them is logged at WARNING (the watchdog reports a stall it causes).
+                    failures += 1
+                    if self.failing is None:
+                        log.warning("batch failed, retrying from the stored positions: %r", exc)
+                    self.failing = f"batch failed: {type(exc).__name__}: {exc}"[:300]
+                    await asyncio.sleep(min(FAILED_BATCH_MAX_WAIT_S, 0.25 * 2**failures))
+                    async with self._batch_lock:
+                        await self._seek_to_stored(list(self._positions))
+                    continue
+                if committed:
+                    failures, self.failing = 0, None
+                # Outside the lock: a commit waits for a rebalance, which waits for the lock.
+                await self._commit_to_kafka(committed)
+                if not batches and waits:
+                    await self._when_idle()
+        finally:
+            await self._settle_quietly()
 
     async def _current(
         self, batches: dict[TopicPartition, list[Record]], sought: Counter[TopicPartition]
@@ -337,25 +382,25 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
     async def _reached(self, until: Mapping[TopicPartition, int]) -> bool:
         return self._positions.keys() >= until.keys() and await reached(self.consumer, until)
 
-    async def _apply(
-        self, batches: dict[TopicPartition, list[Record]]
-    ) -> dict[TopicPartition, int]:
-        """Project a batch and commit it to Redis; returns the positions committed."""
+    def _batch(
+        self, batches: Mapping[TopicPartition, list[Record]], after: "_Batch | None"
+    ) -> "_Batch | None":
+        """The records of `batches` not applied yet, read, from the stored positions, or from
+        those `after` commits; None when there are none."""
+        base = self._positions if after is None else {**self._positions, **after.new}
         expected: dict[TopicPartition, int | None] = {}
         new: dict[TopicPartition, int] = {}
         records: list[Record] = []
         for tp, batch in batches.items():
             if tp not in self._positions:  # revoked while the batch was fetched
                 continue
-            start = self._positions[tp]
+            start = base[tp]
             fresh = [r for r in batch if start is None or r.offset >= start]
             if fresh:
                 expected[tp], new[tp] = start, fresh[-1].offset + 1
                 records.extend(fresh)
         if not records:
-            return {}
-
-        started = time.perf_counter()
+            return None
         rejected: list[DeadLetter] = []
         work: Work = []
         for record in records:
@@ -365,34 +410,105 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
             except InvalidEventError as exc:
                 error = record.error if isinstance(record, UnreadableRecord) else exc
                 rejected.append(DeadLetter(record, error))
-        refs = list(dict.fromkeys((c.collection.name, c.key) for _, cs in work for c in cs))
+        return _Batch(expected, new, work, rejected, len(records))
 
-        sent: set[tuple[str, int, int]] = set()  # where the letters sent so far came from
-        while True:
-            current, histories = await self._batches.read_with_histories(refs)
-            writes, folded, letters = await self._fold(work, current, histories)
-            letters = rejected + letters
-            unsent = [letter for letter in letters if _source(letter) not in sent]
-            await self._dead_letters.send(unsent)
-            sent.update(map(_source, unsent))
-            guards = dict(histories.values())
-            outcome = await self._batches.commit(expected, new, current, writes, guards=guards)
-            if outcome != "changed":
-                break
-            # Another consumer wrote an entity of the batch (a join): read and fold again.
+    async def _read(self, batch: "_Batch", after: "_Batch | None") -> None:
+        """Read the batch's entities and histories, as `after` leaves those it writes."""
+        current, histories = await self._batches.read_with_histories(batch.refs())
+        if after is not None:
+            states, slots = after.writes.states, after.writes.slots
+            for ref in current.keys() & states.keys():
+                current[ref] = states[ref]
+            for ref, (slot, _) in histories.items():
+                if slot in slots:
+                    histories[ref] = slot, slots[slot]
+        batch.read, batch.histories = current, histories
 
-        if outcome == "moved":
-            log.warning("partitions moved on or version swapped; re-seeking %s", sorted(expected))
-            await self._seek_to_stored(list(expected))
+    async def _fold_read(self, batch: "_Batch") -> None:
+        """Fold the batch onto what was read, and send its dead letters (once however often it
+        is folded)."""
+        batch.writes, batch.folded, letters = await self._fold(
+            batch.work, batch.read, batch.histories
+        )
+        batch.letters = batch.rejected + letters
+        unsent = [letter for letter in batch.letters if _source(letter) not in batch.sent]
+        await self._dead_letters.send(unsent)
+        batch.sent.update(map(_source, unsent))
+
+    async def _send(self, batch: "_Batch") -> None:
+        """Write the batch's commit out; its answer is read later (`_commit_of`). The batch
+        before it must have committed: Redis runs scripts in the order they arrive, and two
+        sent from two connections may arrive in either order."""
+        guards = dict(batch.histories.values())
+        batch.commit = await self._batches.send(
+            batch.expected, batch.new, batch.read, batch.writes, guards=guards
+        )
+
+    async def _advance(
+        self, batches: dict[TopicPartition, list[Record]], sought: Counter[TopicPartition]
+    ) -> dict[TopicPartition, int]:
+        """Read the batch; commit the one folded before it while folding this one, from what
+        that commit writes; returns the positions committed. This batch is committed by the
+        next call, or by `_settle()`. Each commit checks every position and entity its fold
+        assumed, so a batch folded on one that then does not commit as it was folded fails too,
+        and is folded again or sought again like any other. A batch that read or changed parked
+        sequences (stored apart, read by a fold) is committed before the next is read."""
+        before = self._pending
+        committed: dict[TopicPartition, int] = {}
+        if before is not None and before.parks():
+            committed, before = await self._settle(), None
+        batch = self._batch(await self._current(batches, sought), before)
+        if batch is None:
+            return committed | await self._settle()
+        await self._read(batch, before)  # while Redis has nothing to do: no commit in flight
+        if before is not None:
+            await self._send(before)
+        await self._fold_read(batch)
+        committed |= await self._settle()
+        self._pending = batch
+        return committed
+
+    async def _settle(self) -> dict[TopicPartition, int]:
+        """Commit the batch folded last, if any; returns the positions it committed."""
+        batch, self._pending = self._pending, None
+        if batch is None:
             return {}
-        self._positions.update(new)
+        if batch.commit is None:
+            await self._send(batch)
+        return await self._commit_of(batch)
+
+    async def _settle_quietly(self) -> None:
+        """Settle, whatever the commit's outcome: a caller about to read the stored positions
+        again wants only that nothing is left to commit."""
+        try:
+            await self._settle()
+        except Exception as exc:  # the stored positions say what it did
+            log.debug("the last batch's commit failed: %r", exc)
+
+    async def _commit_of(self, batch: "_Batch") -> dict[TopicPartition, int]:
+        """The positions `batch` committed ({} when its partitions moved on: they are sought
+        again). While an entity it read was changed meanwhile (a join, or the batch before it
+        folded again), it is read and folded again."""
+        assert batch.commit is not None
+        while (outcome := await batch.commit.outcome()) == "changed":
+            await self._read(batch, None)
+            await self._fold_read(batch)
+            await self._send(batch)
+        if outcome == "moved":
+            log.warning(
+                "partitions moved on or version swapped; re-seeking %s", sorted(batch.expected)
+            )
+            await self._seek_to_stored(list(batch.expected))
+            return {}
+        assert batch.folded is not None
+        self._positions.update(batch.new)
         self.committed_at = time.monotonic()
-        self.dead_lettered += len(letters)
-        self._report(folded, work)
+        self.dead_lettered += len(batch.letters)
+        self._report(batch.folded, batch.work)
         instruments = self._instruments
-        instruments.batch_seconds.observe(time.perf_counter() - started)
-        instruments.batch_events.observe(len(records))
-        return new
+        instruments.batch_seconds.observe(time.perf_counter() - batch.started)
+        instruments.batch_events.observe(batch.count)
+        return batch.new
 
     async def _fold(
         self,
