@@ -3,17 +3,18 @@
 For each `getmany` batch, the entities it changes are read from Redis, the batch is folded onto
 them in memory, and the outcome committed to Redis together with the position of every partition it
 covers (commit.py); when another consumer wrote one of those entities meanwhile, they are read and
-the batch folded again. On assignment the consumer seeks to the positions stored in Redis; Kafka's
-committed offsets are written afterwards for lag monitoring only. Records a partition has already
-applied are skipped, so a re-delivered batch changes nothing.
+the batch folded again. A batch's commit runs in Redis while the next batch is folded, on the
+states it writes (`_advance`). On assignment the consumer seeks to the positions stored in Redis;
+Kafka's committed offsets are written afterwards for lag monitoring only. Records a partition has
+already applied are skipped, so a re-delivered batch changes nothing.
 
-A stored position before its partition's log start is a gap: the records between were deleted
-before they were applied. It is found when the consumer seeks to the stored positions, and when a
-fetch is refused as out of range (the service's consumer never moves to the earliest offset by
-itself). The partition is paused, not skipped past: it is reported once (an ERROR line,
-`bff_gaps_detected`) and listed in `gaps` until its stored position moves (a recovery from a
-snapshot, or an operator accepting the loss: gaps.py), while the other partitions go on. A job
-(`until`) raises GapError instead.
+A stored position outside its partition's log is a gap: before its start, the records between were
+deleted before they were applied; past its end, the topic was created again or its log truncated.
+It is found when the consumer seeks to the stored positions, and when a fetch is refused as out of
+range (the service's consumer never moves to the earliest offset by itself). The partition is
+paused, not skipped past: it is reported once (an ERROR line, `bff_gaps_detected`) and listed in
+`gaps` until its stored position moves (a recovery from a snapshot, or an operator accepting the
+loss: gaps.py), while the other partitions go on. A job (`until`) raises GapError instead.
 
 A record the Kafka client cannot parse is dead-lettered by its position (kafka/unreadable.py),
 together with the rest of its record batch, which cannot be read past it, and committed past like
