@@ -290,7 +290,8 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
                 if not batches and waits:
                     await self._when_idle()
         finally:
-            await self._settle_quietly()
+            async with self._batch_lock:
+                await self._settle_quietly()
 
     async def _current(
         self, batches: dict[TopicPartition, list[Record]], sought: Counter[TopicPartition]
