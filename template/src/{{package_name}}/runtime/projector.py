@@ -66,7 +66,6 @@ class _Batch:
     new: dict[TopicPartition, int]  # the positions it commits
     work: Work
     rejected: list[DeadLetter]  # records that are no valid event
-    count: int
     started: float = field(default_factory=time.perf_counter)
     sent: set[tuple[str, int, int]] = field(default_factory=set)  # dead letters sent (sources)
     read: dict[EntityRef, bytes | None] = field(default_factory=dict)  # entities, as read
@@ -242,7 +241,8 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
                         progress(done, sum(until.values()) - start)
                     if await self._reached(until):
                         async with self._batch_lock:
-                            await self._commit_to_kafka(await self._settle())
+                            committed = await self._settle()
+                        await self._commit_to_kafka(committed)  # outside the lock: see below
                         if await self._reached(until):  # the last commit did not move on
                             return
                 sought = self._sought.copy()
@@ -412,7 +412,7 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
             except InvalidEventError as exc:
                 error = record.error if isinstance(record, UnreadableRecord) else exc
                 rejected.append(DeadLetter(record, error))
-        return _Batch(expected, new, work, rejected, len(records))
+        return _Batch(expected, new, work, rejected)
 
     async def _read(self, batch: "_Batch", after: "_Batch | None") -> None:
         """Read the batch's entities and histories, as `after` leaves those it writes."""
@@ -509,7 +509,7 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
         self._report(batch.folded, batch.work)
         instruments = self._instruments
         instruments.batch_seconds.observe(time.perf_counter() - batch.started)
-        instruments.batch_events.observe(batch.count)
+        instruments.batch_events.observe(len(batch.work) + len(batch.rejected))
         return batch.new
 
     async def _fold(
