@@ -5,8 +5,9 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from fastapi_offline import FastAPIOffline
 from redis.exceptions import RedisError
@@ -15,9 +16,17 @@ from . import api
 from .handlers import HANDLERS
 from .projections import REGISTRY
 from .runtime import asyncapi, health, service
+from .runtime.auth import (
+    Authenticator,
+    KeysUnavailableError,
+    TokenRefusedError,
+    ops_access,
+    route_access,
+)
 from .runtime.commands import http as command_routes
 from .runtime.commands.handling import Handlers
-from .runtime.commands.sending import OutgoingCommand
+from .runtime.commands.sending import OutgoingCommand, RateLimitedError
+from .runtime.errors import StartupError
 from .runtime.guard import RequestGuard
 from .runtime.observability import metrics
 from .runtime.observability.http import HttpTelemetry
@@ -32,47 +41,73 @@ def create_app(
     registry: Registry = REGISTRY,
     handlers: Handlers = HANDLERS,
     commands: Sequence[OutgoingCommand[Any]] = api.COMMANDS,
+    routers: Sequence[APIRouter] = api.ROUTERS,
 ) -> FastAPI:
-    """The app; `registry` and `handlers` are what its consumers run, `commands` what its routes
-    send (tests pass their own)."""
+    """The app; `registry` and `handlers` are what its consumers run, `routers` its API and
+    `commands` what its routes send (tests pass their own)."""
     settings = settings or Settings()
+    if problem := settings.auth_problem():
+        raise StartupError(problem)
     instruments = Instruments()
+    authenticator = Authenticator(settings)
     # Built once, up front: contracts that contradict each other stop the app from starting.
     contracts = contracts_document(settings, registry, handlers, commands)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with service.running(settings, registry, handlers, instruments) as running:
-            app.state.service = running
-            app.state.metrics = metrics.registry_for(running)
-            yield
+        try:
+            async with service.running(settings, registry, handlers, instruments) as running:
+                app.state.service = running
+                app.state.metrics = metrics.registry_for(running)
+                yield
+        finally:
+            await authenticator.aclose()
 
-    # /docs and /redoc load Swagger UI's and ReDoc's scripts and styles from this service, not a
-    # CDN, so they work where the service runs without internet access.
-    app = FastAPIOffline(
-        title=settings.service_name,
-        lifespan=lifespan,
-        responses={
+    common: dict[str, Any] = {
+        "title": settings.service_name,
+        "lifespan": lifespan,
+        "responses": {
+            401: {"description": "No valid bearer token; the body says why"},
             413: {"description": "Body over MAX_REQUEST_BYTES"},
             414: {"description": "URL too long"},
+            429: {"description": "Over COMMANDS_PER_MINUTE; retry after Retry-After seconds"},
             503: {"description": "The read model (Redis) is unavailable; retry later"},
         },
-        # Swagger UI would send the OpenAPI document to an online validator for its badge.
-        swagger_ui_parameters={"validatorUrl": None},
-    )
+    }
+    if settings.api_docs:
+        # /docs and /redoc load Swagger UI's and ReDoc's scripts and styles from this service, not
+        # a CDN, so they work where the service runs without internet access. Swagger UI would
+        # send the OpenAPI document to an online validator for its badge.
+        app = FastAPIOffline(**common, swagger_ui_parameters={"validatorUrl": None})
+    else:
+        app = FastAPI(**common, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.authenticator = authenticator
     app.add_middleware(RequestGuard, max_body_bytes=settings.max_request_bytes)
+    if settings.cors_origins:  # inside the telemetry: preflights are counted too
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_credentials=settings.cors_credentials,
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=["authorization", "content-type", "traceparent", "tracestate"],
+            expose_headers=["read-model-age", "retry-after"],
+        )
     app.add_middleware(HttpTelemetry, instruments=instruments)  # outermost: counts refusals too
     app.add_exception_handler(RedisError, _read_model_unavailable)
     app.add_exception_handler(TimeoutError, _read_model_unavailable)  # no free connection in time
     app.add_exception_handler(InvalidCursorError, _bad_cursor)
     app.add_exception_handler(RequestValidationError, _invalid_request)
-    for router in api.ROUTERS:  # first: routes are matched in order, and queries are most
-        app.include_router(router)
-    app.include_router(health.router)
-    app.include_router(command_routes.router)
-    app.include_router(metrics.router)
+    app.add_exception_handler(TokenRefusedError, _unauthenticated)
+    app.add_exception_handler(KeysUnavailableError, _keys_unavailable)
+    app.add_exception_handler(RateLimitedError, _rate_limited)
+    guarded = [Depends(route_access)]  # a token where AUTH_REQUIRED_FOR says
+    for router in routers:  # first: routes are matched in order, and queries are most
+        app.include_router(router, dependencies=guarded)
+    app.include_router(health.router)  # probes stay open
+    app.include_router(command_routes.router, dependencies=guarded)
+    app.include_router(metrics.router, dependencies=[Depends(ops_access)])
 
-    @app.get("/asyncapi.json", include_in_schema=False)
+    @app.get("/asyncapi.json", include_in_schema=False, dependencies=[Depends(ops_access)])
     async def asyncapi_json() -> JSONResponse:
         """This service's Kafka contracts (AsyncAPI 3.0), as `contracts asyncapi` prints them."""
         return JSONResponse(contracts)
@@ -95,6 +130,26 @@ async def _read_model_unavailable(request: Request, exc: Exception) -> JSONRespo
     error's class, not its text, which names Redis' address)."""
     detail = f"read model unavailable ({type(exc).__name__}); retry later"
     return JSONResponse({"detail": detail}, status_code=503, headers={"retry-after": "1"})
+
+
+async def _unauthenticated(request: Request, exc: Exception) -> JSONResponse:
+    """401 with the reason, in the body and as RFC 6750 says in WWW-Authenticate."""
+    reason = str(exc).replace('"', "'")
+    challenge = f'Bearer error="invalid_token", error_description="{reason}"'
+    return JSONResponse(
+        {"detail": str(exc)}, status_code=401, headers={"www-authenticate": challenge}
+    )
+
+
+async def _keys_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    detail = f"cannot check the bearer token now: {exc}; retry later"
+    return JSONResponse({"detail": detail}, status_code=503, headers={"retry-after": "10"})
+
+
+async def _rate_limited(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RateLimitedError)
+    retry_after = str(exc.retry_after_s)
+    return JSONResponse({"detail": str(exc)}, status_code=429, headers={"retry-after": retry_after})
 
 
 async def _bad_cursor(request: Request, exc: Exception) -> JSONResponse:

@@ -1,6 +1,7 @@
 """Command line: `python -m <package> serve` and friends."""
 
 import asyncio
+import re
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +20,7 @@ from .app import contracts_document, create_app
 from .projections import REGISTRY
 from .runtime import jobs, publishing, service
 from .runtime.contracts import BaselineError, compare, load_baseline, messages, write_baseline
+from .runtime.dev_tokens import DEV_ISSUER, DevIssuer
 from .runtime.errors import StartupError
 from .runtime.kafka import create_topics, missing_topics, new_producer, own_topics, start_client
 from .runtime.observability import logs, tracing
@@ -70,6 +72,9 @@ def serve(
 ) -> None:
     """Serve the API and run the consumers."""
     settings = load_settings()
+    if problem := settings.auth_problem():
+        typer.echo(f"error: {problem}", err=True)
+        raise typer.Exit(code=2)
     logs.configure(settings.log_level, settings.log_format)
     tracing.configure(settings.service_name)
     _run_job(_preflight(settings))
@@ -309,6 +314,56 @@ def rebuild(
             jobs.rebuild.rebuild(settings, REGISTRY, grace_s=grace, progress=progress)
         )
     typer.echo(f"read model rebuilt: now serving version {version}")
+
+
+auth = typer.Typer(
+    no_args_is_help=True,
+    help="Bearer tokens for local work, signed by a key of this machine's (never in production).",
+)
+cli.add_typer(auth, name="auth")
+ENV_FILE = Path(".env")
+_AUTH_SETTING = re.compile(r"^\s*(AUTH_ISSUER|AUTH_JWKS_URL|AUTH_JWKS_FILE|AUTH_DISABLED)\s*=")
+
+
+@auth.command("dev-setup")
+def auth_dev_setup() -> None:
+    """Make a local signing key and its key set (.dev/auth), and point the service at them in .env
+    (AUTH_ISSUER, AUTH_JWKS_FILE) unless .env configures authentication already."""
+    issuer = DevIssuer().ensure()
+    typer.echo(f"signing key {issuer.key_file}, key set {issuer.jwks_file}")
+    lines = ENV_FILE.read_text().splitlines() if ENV_FILE.exists() else []
+    if given := [match.group(1) for line in lines if (match := _AUTH_SETTING.match(line))]:
+        typer.echo(f"{ENV_FILE} sets {', '.join(given)} already: left as it is")
+        return
+    with _writing(ENV_FILE), ENV_FILE.open("a") as env:
+        env.write(
+            f"# A local token issuer (`python -m {__package__} auth dev-setup`); production sets"
+            " AUTH_ISSUER and AUTH_JWKS_URL\n"
+            f"AUTH_ISSUER={issuer.issuer}\nAUTH_JWKS_FILE={issuer.jwks_file}\n"
+        )
+    typer.echo(f"{ENV_FILE}: AUTH_ISSUER={issuer.issuer}, AUTH_JWKS_FILE={issuer.jwks_file}")
+
+
+@auth.command("dev-token")
+def auth_dev_token(
+    subject: Annotated[str, typer.Argument(help="Who the token is for (its `sub`)")],
+    lifetime: Annotated[int, typer.Option(min=1, help="Seconds until it expires")] = 3600,
+) -> None:
+    """Print a bearer token for SUBJECT, signed by the local key of `auth dev-setup`."""
+    settings = load_settings()
+    issuer = DevIssuer(issuer=settings.auth_issuer or DEV_ISSUER)
+    if not issuer.key_file.exists():
+        typer.echo(
+            f"error: no local signing key: run `python -m {__package__} auth dev-setup`", err=True
+        )
+        raise typer.Exit(code=2)
+    checked_against = settings.auth_jwks_file
+    if checked_against is None or checked_against.resolve() != issuer.jwks_file.resolve():
+        typer.echo(
+            f"warning: AUTH_JWKS_FILE is not {issuer.jwks_file}: the service refuses this token",
+            err=True,
+        )
+    typer.echo(issuer.token(subject, settings.auth_audience, lifetime_s=lifetime))
 
 
 contracts = typer.Typer(

@@ -6,6 +6,7 @@ machinery from here, never from its modules: the names below are the template's 
 updates. A name it replaces keeps working for one more release, with a TemplateDeprecationWarning.
 """
 
+from .auth import Principal, PrincipalDep
 from .commands.handling import (
     Command,
     CommandHandler,
@@ -63,6 +64,8 @@ __all__ = [
     "Outcome",
     "OutgoingCommand",
     "Page",
+    "Principal",
+    "PrincipalDep",
     "Projection",
     "Queries",
     "QueriesDep",

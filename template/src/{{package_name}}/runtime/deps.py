@@ -10,6 +10,7 @@ from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request
 
+from .auth import PrincipalDep
 from .commands.sending import CommandBus
 from .deprecation import deprecated
 from .readmodel import Queries
@@ -32,8 +33,10 @@ async def get_queries(request: Request) -> Queries:
     return _service(request).queries
 
 
-async def get_commands(request: Request) -> CommandBus:
-    return _service(request).commands
+async def get_commands(request: Request, principal: PrincipalDep) -> CommandBus:
+    """The command bus, sending on behalf of the caller: a route that sends commands needs a
+    valid bearer token (unless AUTH_DISABLED)."""
+    return _service(request).commands.acting_for(principal)
 
 
 def settings_dependency(cls: type[SettingsT]) -> Callable[[Request], Awaitable[SettingsT]]:

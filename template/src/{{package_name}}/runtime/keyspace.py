@@ -76,6 +76,10 @@ class Keyspace:
     def handled(self, command_id: str) -> str:
         return f"{self._tag}handled:{command_id}"
 
+    def rate(self, principal_digest: str, minute: int) -> str:
+        """A principal's count of commands in one minute (a digest: a subject may be long)."""
+        return f"{self._tag}rate:{principal_digest}:{minute}"
+
     # ---------------------------------------------------------------- this version
     def position(self, tp: TopicPartition) -> str:
         return f"{self._versioned}pos:{tp.topic}:{tp.partition}"

@@ -226,6 +226,7 @@ async def running(
             reply_topic=settings.reply_topic,
             timeout_s=settings.command_timeout_s,
             retention_s=settings.command_retention_s,
+            per_minute=settings.commands_per_minute,
             instruments=instruments,
         )
         service = Service(settings, readmodel, bus, instruments)

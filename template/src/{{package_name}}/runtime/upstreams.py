@@ -22,10 +22,12 @@ _NAME = re.compile(r"^[a-z][a-z0-9]*$")
 
 @dataclass(frozen=True)
 class Upstream:
-    """An upstream service: its name, and its domain (`<company>.<namespace>`) if not ours."""
+    """An upstream service: its name, its domain (`<company>.<namespace>`) if not ours, and the
+    CloudEvent `source` it publishes with if not its name (replies from any other are refused)."""
 
     name: str
     domain: str = f"{COMPANY}.{NAMESPACE}"
+    source: str = ""
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -38,6 +40,10 @@ class Upstream:
 
     def events_topic(self, settings: ServiceSettings) -> str:
         return f"{self.prefix(settings)}.events"
+
+    def event_source(self, settings: ServiceSettings) -> str:
+        """The CloudEvent `source` of what it publishes: its events and its replies."""
+        return self.source or self.name
 
     def commands_topic(self, settings: ServiceSettings) -> str:
         if self == GENERATED_WITH and "upstream_commands_topic" in settings.model_fields_set:
@@ -55,6 +61,9 @@ class _ThisService(Upstream):
 
     def commands_topic(self, settings: ServiceSettings) -> str:
         return settings.commands_topic
+
+    def event_source(self, settings: ServiceSettings) -> str:
+        return settings.service_name
 
 
 # The owner of this service's own commands and Fact Events: `UPSTREAM = THIS_SERVICE` sends such a

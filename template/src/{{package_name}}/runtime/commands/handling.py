@@ -54,6 +54,9 @@ class Command(Generic[D]):
     subject: str | None
     correlation_id: str
     data: D
+    # On whose behalf it was sent: the subject of the sender's authenticated user (its
+    # `principal` extension attribute), or None. Check it where a command is not for everyone.
+    principal: str | None = None
 
 
 @dataclass(frozen=True)
@@ -257,6 +260,7 @@ class CommandWorker:
             subject=envelope.subject,
             correlation_id=envelope.extensions.get("correlationid", envelope.id),
             data=data,
+            principal=envelope.extensions.get("principal"),
         )
         context = HandlerContext(self._queries)
         attempt = 1

@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, HTTPException, Query, Response
 from pydantic import BaseModel
 
+from ..auth import PrincipalDep
 from ..deps import ServiceDep
 from .sending import CommandBus, CommandStatus, SentCommand
 
@@ -42,9 +43,14 @@ async def command_response(commands: CommandBus, sent: SentCommand, wait: float 
     return Response(status.model_dump_json(), media_type="application/json")
 
 
-@router.get("/{command_id}", responses={404: {"description": "No such command (or expired)"}})
-async def command_status(command_id: str, service: ServiceDep) -> CommandStatus:
+@router.get(
+    "/{command_id}",
+    responses={404: {"description": "No such command of the caller's (or it expired)"}},
+)
+async def command_status(
+    command_id: str, service: ServiceDep, principal: PrincipalDep
+) -> CommandStatus:
     status = await service.commands.status(command_id)
-    if status is None:
-        raise HTTPException(status_code=404, detail=f"command {command_id!r} not found")
+    if status is None or not status.visible_to(principal):  # another's: as if it did not exist
+        raise HTTPException(status_code=404, detail=f"command {command_id[:100]!r} not found")
     return status

@@ -8,11 +8,19 @@ channel, which wakes whoever waits for the reply.
 
 Statuses: pending -> succeeded | failed (a reply came) or timed_out (none within COMMAND_TIMEOUT_S).
 A reply for a command that is already complete (duplicate), timed out (late) or unknown is counted
-and logged, never applied.
+and logged, never applied. A reply whose CloudEvent `source` is not the service the command went
+to (forged) is dead-lettered, never applied.
+
+A command is sent on behalf of the request's principal (`CommandBus.acting_for`): it carries the
+principal's subject in its `principal` extension attribute, only that principal may read its
+status, and each principal may send COMMANDS_PER_MINUTE commands a minute.
 """
 
 import asyncio
+import copy
+import hashlib
 import logging
+import math
 import time
 import uuid
 from collections import Counter
@@ -23,9 +31,10 @@ from typing import Any, Generic, Literal, TypeVar, cast
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from redis.exceptions import RedisError
 
+from ..auth import Principal
 from ..deadletter import DeadLetter, DeadLetters
 from ..events import CloudEvent, InvalidEventError, decode
 from ..kafka import Record, consume_each
@@ -34,7 +43,7 @@ from ..observability.instruments import Instruments
 from ..projection import C, UnknownEventTypeError, type_of
 from ..readmodel import ReadModel
 from ..settings import ServiceSettings
-from ..upstreams import Upstream, upstream_of
+from ..upstreams import GENERATED_WITH, THIS_SERVICE, Upstream, upstream_of
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +52,13 @@ D = TypeVar("D", bound=BaseModel)
 REPLY_TYPE = "command.reply.v1"
 Status = Literal["pending", "succeeded", "failed", "timed_out"]
 
-# Completes a pending command once: returns what the reply turned out to be.
+# Completes a pending command once: returns what the reply turned out to be. A command sent before
+# replies were checked has no `replier`: any source completes it.
 _COMPLETE = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return 'unknown' end
+local replier = redis.call('HGET', KEYS[1], 'replier')
+if replier and replier ~= '' and replier ~= ARGV[7] then return 'forged' end
 if status == 'timed_out' then return 'late' end
 if status ~= 'pending' then return 'duplicate' end
 if tonumber(ARGV[4]) > tonumber(redis.call('HGET', KEYS[1], 'deadline')) then
@@ -57,6 +69,13 @@ redis.call('HSET', KEYS[1], 'status', ARGV[1], 'result', ARGV[2], 'error', ARGV[
            'completed_at', ARGV[5])
 redis.call('PUBLISH', KEYS[2], ARGV[6])
 return 'completed'
+"""
+
+# Counts a principal's commands in the current minute; the count, and the seconds the minute lasts.
+_COUNT = """
+local sent = redis.call('INCR', KEYS[1])
+if sent == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return {sent, redis.call('TTL', KEYS[1])}
 """
 
 # Marks a pending command whose deadline has passed as timed out; 1 if it did.
@@ -93,6 +112,24 @@ class CommandStatus(BaseModel):
     completed_at: str | None = None
     result: dict[str, Any] | None = None
     error: str | None = None
+    principal: str | None = Field(default=None, description="Who sent it (the token's subject)")
+
+    def visible_to(self, principal: Principal) -> bool:
+        """Only its sender reads a command's status (with authentication off, anyone; a command
+        sent before commands carried their sender, any authenticated caller)."""
+        return not principal.authenticated or self.principal in (None, principal.subject)
+
+
+class RateLimitedError(Exception):
+    """429: the principal has sent COMMANDS_PER_MINUTE commands this minute."""
+
+    def __init__(self, retry_after_s: int) -> None:
+        super().__init__(f"too many commands: retry in {retry_after_s} s (COMMANDS_PER_MINUTE)")
+        self.retry_after_s = retry_after_s
+
+
+class ForgedReplyError(Exception):
+    """A reply from another source than the service the command went to."""
 
 
 @dataclass(frozen=True)
@@ -115,6 +152,14 @@ class OutgoingCommand(Generic[D]):
             raise ValueError(f"{name}: settings have no topic field {self.topic_setting!r}")
         return topic
 
+    def replier(self, settings: ServiceSettings) -> str | None:
+        """The `source` its reply must come from: the service it goes to, where that is known."""
+        upstream = self.upstream or {
+            "commands_topic": THIS_SERVICE,
+            "upstream_commands_topic": GENERATED_WITH,
+        }.get(self.topic_setting)
+        return None if upstream is None else upstream.event_source(settings)
+
     async def send(
         self,
         bus: "CommandBus",
@@ -125,7 +170,14 @@ class OutgoingCommand(Generic[D]):
         correlation_id: str | None = None,
     ) -> "SentCommand":
         topic = self.topic(settings)
-        return await bus.send(topic, self.command_type, key, data, correlation_id=correlation_id)
+        return await bus.send(
+            topic,
+            self.command_type,
+            key,
+            data,
+            correlation_id=correlation_id,
+            replier=self.replier(settings),
+        )
 
 
 def command(contract: type[C]) -> OutgoingCommand[C]:
@@ -152,6 +204,7 @@ class CommandBus:
         reply_topic: str,
         timeout_s: float,
         retention_s: int,
+        per_minute: int = 0,
         instruments: Instruments | None = None,
     ) -> None:
         redis = self._redis = readmodel.redis
@@ -161,11 +214,20 @@ class CommandBus:
         self._reply_topic = reply_topic
         self._timeout_s = timeout_s
         self._retention_s = retention_s
+        self._per_minute = per_minute
+        self._principal: Principal | None = None
         self._complete = redis.register_script(_COMPLETE)
         self._expire = redis.register_script(_EXPIRE)
+        self._count = redis.register_script(_COUNT)
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self.replies: Counter[str] = Counter()  # completed, duplicate, late, unknown
         self._instruments = instruments or Instruments()
+
+    def acting_for(self, principal: Principal) -> "CommandBus":
+        """This bus, sending on behalf of `principal` (what a route's `CommandsDep` gives)."""
+        bus = copy.copy(self)  # shares the waiters, counters and scripts
+        bus._principal = principal
+        return bus
 
     @property
     def channel(self) -> str:
@@ -182,8 +244,14 @@ class CommandBus:
         data: BaseModel,
         *,
         correlation_id: str | None = None,
+        replier: str | None = None,
     ) -> SentCommand:
-        """Record the command as pending, then publish it; the reply completes it."""
+        """Record the command as pending, then publish it; the reply completes it, if it comes
+        from `replier` (when given: the CloudEvent source of the service it goes to)."""
+        principal = self._principal
+        sender = principal.subject if principal and principal.authenticated else None
+        if sender is not None and self._per_minute:
+            await self._admit(sender)
         command_id = uuid.uuid4().hex
         correlation_id = correlation_id or command_id
         now = time.time()
@@ -197,9 +265,14 @@ class CommandBus:
                 "status": "pending",
                 "created_at": _iso(now),
                 "deadline": repr(now + self._timeout_s),
+                "replier": replier or "",
+                **({"principal": sender} if sender is not None else {}),
             },
         )
         await self._redis.expire(self._key(command_id), self._retention_s)
+        extensions = {"correlationid": correlation_id, "replyto": self._reply_topic}
+        if sender is not None:
+            extensions["principal"] = sender
         event = CloudEvent.create(
             command_type,
             data,
@@ -207,13 +280,22 @@ class CommandBus:
             subject=key,
             id=command_id,
             time=_iso(now),
-            extensions={"correlationid": correlation_id, "replyto": self._reply_topic},
+            extensions=extensions,
         )
         await self._producer.send_and_wait(
             topic, event.to_json(), key=key.encode(), headers=tracing.headers()
         )
         self._instruments.commands_sent.labels(command_type).inc()
         return SentCommand(command_id, correlation_id)
+
+    async def _admit(self, sender: str) -> None:
+        """RateLimitedError once `sender` has sent COMMANDS_PER_MINUTE commands this minute."""
+        minute = math.floor(time.time() / 60)
+        digest = hashlib.blake2b(sender.encode(), digest_size=12).hexdigest()
+        sent, ttl = await self._count(keys=[self._keys.rate(digest, minute)], args=[60])
+        if sent > self._per_minute:
+            self._instruments.commands_limited.inc()
+            raise RateLimitedError(max(1, int(ttl)))
 
     async def status(self, command_id: str) -> CommandStatus | None:
         key = self._key(command_id)
@@ -251,7 +333,8 @@ class CommandBus:
                 self._waiters.pop(command_id, None)
 
     async def handle_reply(self, reply: CloudEvent) -> str:
-        """Complete the command a reply answers; returns completed, duplicate, late or unknown."""
+        """Complete the command a reply answers; returns completed, duplicate, late, unknown or
+        forged (from another source than the service the command went to)."""
         command_id = reply.extensions.get("causationid") or reply.extensions.get("correlationid")
         data = Reply.model_validate(reply.data)
         outcome = "unknown"
@@ -267,6 +350,7 @@ class CommandBus:
                         repr(now),
                         _iso(now),
                         command_id,
+                        reply.source,
                     ],
                 )
             ).decode()
@@ -288,8 +372,13 @@ class CommandBus:
                 reply = decode(record.value, record.headers)
                 if reply.type != REPLY_TYPE:
                     raise UnknownEventTypeError(f"expected {REPLY_TYPE}, got {reply.type!r}")
-                await self.handle_reply(reply)
-            except (InvalidEventError, ValidationError) as exc:
+                if await self.handle_reply(reply) == "forged":
+                    raise ForgedReplyError(
+                        f"reply {reply.id[:100]!r} from source {reply.source[:100]!r}, not the"
+                        " service its command was sent to; not applied (an upstream whose"
+                        " source is not its name declares it: Upstream(..., source=...))"
+                    )
+            except (InvalidEventError, ValidationError, ForgedReplyError) as exc:
                 await dead_letters.send([DeadLetter(record, exc)])
 
         await consume_each(consumer, handle, stopping, dead_letters=dead_letters)

@@ -82,8 +82,13 @@ class Instruments:
         )
         self.command_replies = Counter(
             "bff_command_replies",
-            "Replies received: completed, duplicate, late or unknown",
+            "Replies received: completed, duplicate, late, unknown or forged",
             ["outcome"],
+            registry=registry,
+        )
+        self.commands_limited = Counter(
+            "bff_commands_rate_limited",
+            "Commands refused with 429: their principal was over COMMANDS_PER_MINUTE",
             registry=registry,
         )
         self.commands_handled = Counter(
