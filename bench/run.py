@@ -92,15 +92,26 @@ def generated_service() -> Iterator[Path]:
         yield project
 
 
+def token_issuer() -> Any:
+    """The generated service's local token issuer (`make dev-auth`), which the service under test
+    trusts: the benchmarks measure it with authentication on, as it runs."""
+    from personabff.runtime.dev_tokens import DevIssuer
+
+    return DevIssuer(Path(tempfile.gettempdir()) / "bff-bench-auth").ensure()
+
+
 def settings_for(run: str, **overrides: Any) -> Any:
     from personabff.settings import Settings
 
+    issuer = token_issuer()
     values = {
         "kafka_bootstrap_servers": KAFKA,
         "redis_url": REDIS,
         "topic_prefix": f"{run}.arcadia.identity.personabff",
         "redis_key_prefix": f"{run}.personabff",
         "upstream_topics": [f"{run}.arcadia.identity.personaservice.events"],
+        "auth_issuer": issuer.issuer,
+        "auth_jwks_file": issuer.jwks_file,
     }
     return Settings(_env_file=None, **{**values, **overrides})
 
@@ -731,6 +742,8 @@ def query(project: Path, settings: Any, seconds: int, rounds: int) -> list[Figur
         "UPSTREAM_TOPICS": ",".join(settings.upstream_topics),
         "LOG_LEVEL": "WARNING",
         "BENCH_KEY": f"{settings.redis_key_prefix}:bench:",
+        "AUTH_ISSUER": settings.auth_issuer,
+        "AUTH_JWKS_FILE": str(settings.auth_jwks_file),
     }
     (project / "minimal_app.py").write_text(MINIMAL_APP)
     # The baseline GETs a plain key holding the same JSON the service serves.

@@ -42,14 +42,35 @@ def until(check: Callable[[], bool], within: float = 60) -> None:
     pytest.fail(f"not true within {within}s")
 
 
+def package_command(
+    project: Path, package: str, env: dict[str, str], *args: str
+) -> subprocess.CompletedProcess[str]:
+    """`python -m <package> ARGS` in a rendered project, failing the test if it fails."""
+    done = subprocess.run(
+        [sys.executable, "-m", package, *args],
+        cwd=project,
+        env={**os.environ, "PYTHONPATH": str(project / "src"), **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, f"{args}: {done.stdout}{done.stderr}"
+    return done
+
+
 class Served:
-    """`python -m <package> serve` of a rendered project, on a free port."""
+    """`python -m <package> serve` of a rendered project, on a free port, trusting the local token
+    issuer `make dev-auth` sets up; its requests carry a token for the user `tester`."""
 
     def __init__(
         self, project: Path, package: str, env: dict[str, str], *, wait_ready: bool = True
     ) -> None:
         self.port = free_port()
         self.log = project / "serve.log"
+        package_command(project, package, env, "auth", "dev-setup")
+        token = package_command(project, package, env, "auth", "dev-token", "tester").stdout
+        self.headers = {"authorization": f"Bearer {token.strip()}"}
         with self.log.open("w") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", package, "serve", "--port", str(self.port)],
@@ -71,10 +92,10 @@ class Served:
         return f"http://127.0.0.1:{self.port}"
 
     def get(self, path: str, params: dict[str, str] | None = None) -> httpx.Response:
-        return httpx.get(f"{self.url}{path}", params=params, timeout=30)
+        return httpx.get(f"{self.url}{path}", params=params, headers=self.headers, timeout=30)
 
     def post(self, path: str, body: object) -> httpx.Response:
-        return httpx.post(f"{self.url}{path}", json=body, timeout=30)
+        return httpx.post(f"{self.url}{path}", json=body, headers=self.headers, timeout=30)
 
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)

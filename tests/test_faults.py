@@ -355,7 +355,7 @@ def test_hostile_requests_get_a_4xx_with_a_reason_and_cost_no_memory(
 
             async def post() -> int:
                 try:
-                    headers = {"content-type": "application/json"}
+                    headers = {"content-type": "application/json", **server.headers}
                     return (await http.post(rename, content=big, headers=headers)).status_code
                 except httpx.HTTPError:  # the server may close before the whole body is sent
                     return 413
@@ -366,11 +366,17 @@ def test_hostile_requests_get_a_4xx_with_a_reason_and_cost_no_memory(
         before = rss_kib()
         big_statuses = asyncio.run(four_big_bodies())
         grown = rss_kib() - before
-        json_body = {"content-type": "application/json"}
+        json_body = {"content-type": "application/json", **server.headers}
         answers = {
             "NaN": httpx.post(rename, content=b'{"name": NaN}', headers=json_body),
             "surrogate": httpx.post(rename, content=b'{"name": "\\ud800"}', headers=json_body),
-            "1 MB invalid": httpx.post(rename, json={"name": ["x" * 1_000_000]}),
+            "1 MB invalid": httpx.post(
+                rename, json={"name": ["x" * 1_000_000]}, headers=server.headers
+            ),
+            "no token": httpx.post(rename, json={"name": "x"}),
+            "forged token": httpx.post(
+                rename, json={"name": "x"}, headers={"authorization": "Bearer e30.e30.x"}
+            ),
             "10 kB id": httpx.get(f"{server.url}/personas/{'p' * 10_000}"),
             "bad cursor": httpx.get(f"{server.url}/personas", params={"after": "000001:"}),
         }
@@ -391,6 +397,8 @@ def test_hostile_requests_get_a_4xx_with_a_reason_and_cost_no_memory(
         "1 MB invalid": 422,
         "10 kB id": 414,
         "bad cursor": 422,
+        "no token": 401,
+        "forged token": 401,
     }
     assert all(len(response.content) < 2000 for response in answers.values())
     assert "PROPFIND" not in metrics and 'method="other"' in metrics

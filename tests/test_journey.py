@@ -190,6 +190,8 @@ def test_make_new_then_the_readme_then_an_update(
         try_it = _block(readme, "## Try it").replace("http://127.0.0.1:8000", url)
         journey.sh(f"set -e\n{try_it}")
         until(lambda: httpx.get(f"{url}/personas/p-1").json().get("name") == "Ada Lovelace")
+        # The pin is a command: it went through only with the README's token.
+        until(lambda: httpx.get(f"{url}/personas/p-1").json().get("pinned") is True)
     journey.sh("make check", timeout=1500)
 
     _update_and_check(journey, template, service_name)
@@ -214,7 +216,12 @@ def test_cookiecutter_then_an_update(
     _first_commit(project)
     journey = Journey(project, env, tmp_path / "journey.log")
     journey.write_env(services_env)
-    for command in ("make install", "make lint typecheck contracts", "make topics"):
+    for command in (
+        "make install",
+        "make lint typecheck contracts",
+        "make topics",
+        "make dev-auth",
+    ):
         journey.sh(command)
     with journey.serving():
         pass

@@ -154,6 +154,7 @@ def test_http_apis_keep_their_schemas_under_fuzzing(
                 f"{server.url}/openapi.json",
                 "--checks", "all", "--phases", "examples,coverage,fuzzing",
                 "--max-examples", "40", "--workers", "1", "--seed", "1", "--request-timeout", "30",
+                "--header", f"authorization: {server.headers['authorization']}",
             ],
             capture_output=True,
             text=True,

@@ -28,6 +28,7 @@ from typing import Annotated, Any, Protocol
 import httpx
 import jwt
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from .settings import ServiceSettings
 
@@ -255,7 +256,14 @@ def _authenticator(request: Request) -> Authenticator:
     return authenticator
 
 
-async def current_principal(request: Request) -> Principal:
+# Declares bearer tokens in the OpenAPI document of the routes that need one (Swagger UI's
+# "Authorize"); the header itself is read and judged below, to answer with the reason.
+_BEARER = HTTPBearer(auto_error=False, description="An access token for AUTH_AUDIENCE")
+
+
+async def current_principal(
+    request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]
+) -> Principal:
     """The caller; refused with 401 unless its token checks out (ANONYMOUS with AUTH_DISABLED)."""
     known: Principal | None = getattr(request.state, "principal", None)
     if known is None:
@@ -267,7 +275,7 @@ async def current_principal(request: Request) -> Principal:
 async def route_access(request: Request) -> None:
     """Every API route's: a valid token where AUTH_REQUIRED_FOR says one is needed."""
     if _authenticator(request).needed(request.method):
-        await current_principal(request)
+        await current_principal(request, None)
 
 
 async def ops_access(request: Request) -> None:

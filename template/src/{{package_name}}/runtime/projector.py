@@ -40,6 +40,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from .commit import EntityRef, Sent, Writes, states
 from .deadletter import DeadLetter, DeadLetters, Retry
+from .errors import without_addresses
 from .events import InvalidEventError
 from .fold import Fold, History, Work, parked_sequences, stored_writes
 from .kafka import Gap, GapError, Record, gaps, known_positions, reached, seek
@@ -278,7 +279,9 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
                     failures += 1
                     if self.failing is None:
                         log.warning("batch failed, retrying from the stored positions: %r", exc)
-                    self.failing = f"batch failed: {type(exc).__name__}: {exc}"[:300]
+                    self.failing = without_addresses(f"batch failed: {type(exc).__name__}: {exc}")[
+                        :300
+                    ]
                     await asyncio.sleep(min(FAILED_BATCH_MAX_WAIT_S, 0.25 * 2**failures))
                     async with self._batch_lock:
                         await self._seek_to_stored(list(self._positions))

@@ -154,6 +154,33 @@ async def connect_redis(settings: ServiceSettings, *, for_http: bool = False) ->
     return redis
 
 
+async def warn_if_password_unneeded(settings: ServiceSettings) -> bool:
+    """A password in REDIS_URL that Redis does not ask for protects nothing: anyone who reaches
+    Redis reads and writes the read model. Say so at start-up (True if it was said)."""
+    url = settings.redis_url
+    if not url.password:
+        return False
+    credentials = f"{url.username or ''}:{url.password}@"
+    anonymous = redis_client(
+        str(url).replace(credentials, "", 1),
+        max_connections=1,
+        socket_connect_timeout=settings.redis_timeout_s,
+        socket_timeout=settings.redis_timeout_s,
+        **tls_options(settings),
+    )
+    try:
+        await anonymous.ping()
+    except (RedisError, OSError):  # refused without credentials (NOAUTH): they are needed
+        return False
+    finally:
+        await anonymous.aclose()
+    log.warning(
+        "REDIS_URL has a password, but Redis answers without one: anyone who can reach it reads"
+        " and writes the read model; set a password (requirepass) or ACL users on it"
+    )
+    return True
+
+
 def _redis_hint(settings: ServiceSettings, exc: Exception) -> str:
     """Which setting to check, where the error tells."""
     if isinstance(exc, AuthenticationError | AuthenticationWrongNumberOfArgsError):
@@ -206,6 +233,7 @@ async def running(
     async with AsyncExitStack() as stack:
         redis = await connect_redis(settings)
         stack.push_async_callback(redis.aclose)
+        await warn_if_password_unneeded(settings)
         settings = settings.model_copy(
             update={"redis_key_prefix": await key_prefix(redis, settings)}
         )

@@ -23,6 +23,7 @@ from typing import Any
 from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 
+from .errors import without_addresses
 from .projector import Projector
 
 log = logging.getLogger(__name__)
@@ -56,10 +57,10 @@ class Loops:
                 if time.monotonic() - started > 60:
                     defects = 0  # it ran a while: a new run of failures
                 defects += 0 if isinstance(exc, _OUTAGES) else 1
-                self.failing[name] = reason
+                self.failing[name] = without_addresses(reason)  # what the health probes show
                 self.restarts[name] = self.restarts.get(name, 0) + 1
                 if defects >= LOOP_GIVE_UP:
-                    self.given_up[name] = reason
+                    self.given_up[name] = without_addresses(reason)
                     log.critical("%s failed %d times in a row, given up: %s", name, defects, reason)
                     return
                 wait = min(
