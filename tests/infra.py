@@ -6,9 +6,13 @@ template/scripts/redis.sh), run in the foreground as a child of the test.
 """
 
 import os
+import re
+import shlex
 import shutil
 import signal
 import subprocess
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import ClassVar
 
@@ -252,3 +256,96 @@ class SecureKafka(OwnKafka):
     @staticmethod
     def password(user: str) -> str:
         return f"{user}-secret"
+
+
+KAFKA_SCRIPT = ROOT / "template/scripts/kafka.sh"
+
+
+def kafka_libs() -> Path:
+    """The Kafka jars kafka.sh fetched: the broker's, and its tools'."""
+    [version] = re.findall(r"^KAFKA_VERSION=(\S+)", KAFKA_SCRIPT.read_text(), flags=re.MULTILINE)
+    cache = Path(os.environ.get("BFF_CACHE_DIR") or Path.home() / ".cache/bff-template")
+    return cache / f"kafka-{version}/libs"
+
+
+class AuthorizingKafka(OwnKafka):
+    """OwnKafka with Kafka's standard authorizer and a SASL_PLAINTEXT listener (PLAIN) where each of
+    `users` logs in as `User:<name>` and may do only what ACLs allow it; a resource no ACL names
+    is refused to all (allow.everyone.if.no.acl.found=false).
+
+    The PLAINTEXT listener stays for the test's own clients and kafka.sh's readiness check, and the
+    controller listener for the node itself: both connect as User:ANONYMOUS, a super user here.
+    """
+
+    def __init__(self, run_dir: Path, users: Iterable[str]) -> None:
+        super().__init__(run_dir)
+        self.users = list(users)
+        self.sasl_bootstrap = f"127.0.0.1:{free_port()}"
+        plain = self.bootstrap
+        controller = f"127.0.0.1:{self.env['KAFKA_CONTROLLER_PORT']}"
+        logins = " ".join(f'user_{user}="{self.password(user)}"' for user in self.users)
+        fragment = run_dir / "authorizing.properties"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fragment.write_text(
+            f"listeners=PLAINTEXT://{plain},SASL_PLAINTEXT://{self.sasl_bootstrap},"
+            f"CONTROLLER://{controller}\n"
+            f"advertised.listeners=PLAINTEXT://{plain},SASL_PLAINTEXT://{self.sasl_bootstrap}\n"
+            "listener.security.protocol.map="
+            "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT\n"
+            "sasl.enabled.mechanisms=PLAIN\n"
+            "listener.name.sasl_plaintext.plain.sasl.jaas.config="
+            f"org.apache.kafka.common.security.plain.PlainLoginModule required {logins};\n"
+            "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer\n"
+            "allow.everyone.if.no.acl.found=false\n"
+            "super.users=User:ANONYMOUS\n"
+        )
+        self.env |= {"KAFKA_EXTRA_CONFIG": str(fragment)}
+
+    @staticmethod
+    def password(user: str) -> str:
+        return f"{user}-secret"
+
+    def client_env(self, user: str) -> dict[str, str]:
+        """A generated service's settings logging in as `user`."""
+        return {
+            "KAFKA_BOOTSTRAP_SERVERS": self.sasl_bootstrap,
+            "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+            "KAFKA_SASL_MECHANISM": "PLAIN",
+            "KAFKA_SASL_USERNAME": user,
+            "KAFKA_SASL_PASSWORD": self.password(user),
+        }
+
+    def client_options(self, user: str) -> dict[str, str]:
+        """aiokafka options logging in as `user`."""
+        return {
+            "bootstrap_servers": self.sasl_bootstrap,
+            "security_protocol": "SASL_PLAINTEXT",
+            "sasl_mechanism": "PLAIN",
+            "sasl_plain_username": user,
+            "sasl_plain_password": self.password(user),
+        }
+
+    def kafka_acls(self, lines: Iterable[str]) -> None:
+        """Run `kafka-acls.sh ...` command lines, as printed, with Kafka's own tool from the jars
+        (org.apache.kafka.tools.AclCommand), a few at a time; each must succeed."""
+        commands = []
+        for line in lines:
+            words = shlex.split(line)
+            if words[:1] != ["kafka-acls.sh"]:
+                raise ValueError(f"not a kafka-acls.sh command: {line!r}")
+            commands.append(words[1:])
+        tool = [
+            "java", "-Xmx128m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+            f"-Dlog4j2.configurationFile={self.run_dir / 'kafka/log4j2.properties'}",
+            "-cp", f"{kafka_libs()}/*", "org.apache.kafka.tools.AclCommand",
+        ]  # fmt: skip
+
+        def add(args: list[str]) -> None:
+            done = subprocess.run(
+                [*tool, *args], capture_output=True, text=True, timeout=120, check=False
+            )
+            if done.returncode != 0:
+                raise RuntimeError(f"AclCommand {shlex.join(args)}:\n{done.stdout}{done.stderr}")
+
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            list(pool.map(add, commands))

@@ -4,6 +4,7 @@ import asyncio
 import re
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -17,11 +18,13 @@ from rich.progress import MofNCompleteColumn, Progress, TransferSpeedColumn
 from . import api
 from . import contracts as contracts_package
 from .app import contracts_document, create_app
+from .handlers import HANDLERS
 from .projections import REGISTRY
 from .runtime import jobs, publishing, service
 from .runtime.contracts import BaselineError, compare, load_baseline, messages, write_baseline
 from .runtime.dev_tokens import DEV_ISSUER, DevIssuer
 from .runtime.errors import StartupError
+from .runtime.kafka import acls as kafka_acls
 from .runtime.kafka import create_topics, missing_topics, new_producer, own_topics, start_client
 from .runtime.observability import logs, tracing
 from .settings import Settings
@@ -116,6 +119,103 @@ def create_topics_command(
         create_topics(settings, topics, partitions=partitions, replication=replication)
     )
     typer.echo("\n".join(f"created {topic}" for topic in created) or "all topics exist")
+
+
+class AclFormat(StrEnum):
+    table = "table"
+    json = "json"
+    kafka_acls = "kafka-acls"
+
+
+@cli.command("acls")
+def acls_command(
+    principal: Annotated[
+        str | None,
+        typer.Option(
+            metavar="TYPE:NAME", help="This service's principal; default User:<KAFKA_SASL_USERNAME>"
+        ),
+    ] = None,
+    upstream_principal: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="NAME=PRINCIPAL",
+            help="The principal of an upstream this service commands: it gets WRITE on this"
+            " service's reply topic (repeatable)",
+        ),
+    ] = None,
+    sender: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="PRINCIPAL",
+            help="A principal that commands this service: WRITE on its commands topic (repeatable)",
+        ),
+    ] = None,
+    reader: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="PRINCIPAL",
+            help="A principal that consumes its Fact Events: READ on its events topic (repeatable)",
+        ),
+    ] = None,
+    output: Annotated[
+        AclFormat, typer.Option("--format", help="table, JSON lines, or kafka-acls.sh commands")
+    ] = AclFormat.table,
+    bootstrap_server: Annotated[
+        str | None,
+        typer.Option(help="Broker the kafka-acls.sh commands connect to; KAFKA_BOOTSTRAP_SERVERS"),
+    ] = None,
+    command_config: Annotated[
+        str | None,
+        typer.Option(help="Client properties of whoever adds the ACLs, for kafka-acls.sh"),
+    ] = None,
+) -> None:
+    """Print the Kafka ACLs this service's principal needs, and nothing more: its own topics and
+    consumer groups, the topics it projects, the commands topics it sends to; then what other
+    principals need on its topics. Notes on what is not granted go to stderr."""
+    settings = load_settings()
+    if principal is None:
+        if settings.kafka_sasl_username is None:
+            raise typer.BadParameter(
+                "give it, e.g. User:<name> (KAFKA_SASL_USERNAME is not set)",
+                param_hint="--principal",
+            )
+        principal = f"User:{settings.kafka_sasl_username}"
+    elif ":" not in principal:
+        raise typer.BadParameter(f"{principal!r}: expected TYPE:NAME", param_hint="--principal")
+    upstreams = dict(_pair(pair) for pair in upstream_principal or [])
+    try:
+        computed = kafka_acls.service_acls(
+            settings,
+            principal,
+            projected=REGISTRY.topics(settings),
+            commands=api.COMMANDS,
+            handles_commands=any(True for _ in HANDLERS),
+            upstream_principals=upstreams,
+            senders=sender or [],
+            readers=reader or [],
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--upstream-principal") from None
+    if output is AclFormat.kafka_acls:
+        server = bootstrap_server or settings.bootstrap_servers
+        lines = kafka_acls.kafka_acls_commands(computed.bindings, server, command_config)
+    elif output is AclFormat.json:
+        lines = [orjson.dumps(binding.as_dict()).decode() for binding in computed.bindings]
+    else:
+        lines = kafka_acls.as_table(computed.bindings)
+    typer.echo("\n".join(lines))
+    for note in computed.wanting:
+        typer.echo(f"not granted: {note}", err=True)
+
+
+def _pair(text: str) -> tuple[str, str]:
+    name, sep, principal = text.partition("=")
+    if not sep or not name or ":" not in principal:
+        raise typer.BadParameter(
+            f"{text!r}: expected NAME=PRINCIPAL, e.g. orders=User:orders",
+            param_hint="--upstream-principal",
+        )
+    return name, principal
 
 
 dlq = typer.Typer(no_args_is_help=True, help="Inspect and redrive the dead-letter topic.")

@@ -11,6 +11,8 @@ callbacks). A later bus (NATS, RabbitMQ) is a sibling package offering the same 
   reached them, where it reads next; gaps (positions before a partition's log start).
 - `consuming`: `Record`, what the machinery reads of a consumed record, and the at-least-once
   loop for consumers whose handling is idempotent.
+- `acls`: the ACL bindings this service's principal needs, and those others need on its topics
+  (computed from the settings; it asks the cluster nothing).
 """
 
 from .clients import client_options, new_admin, new_consumer, new_producer, start_client
