@@ -232,6 +232,44 @@ def test_a_forged_reply_is_refused_and_the_real_one_completes_the_command(
     assert_ok(run(projects[BFF], BFF, "dlq", "list", env=envs[BFF]))
 
 
+def test_a_command_whose_reply_the_broker_refuses_is_dead_lettered_and_the_next_is_handled(
+    deployment: Deployment, kafka: AuthorizingKafka
+) -> None:
+    """A sender may name any `replyto`; one the handling service may not write must not stop its
+    `.commands` partition: the command is dead-lettered with the reason, the next one answered."""
+    projects, envs = deployment.projects, deployment.envs
+    unwritable = deployment.topic(BFF, "events")  # the BFF's to publish, not the persona service's
+    command = orjson.dumps(
+        {
+            "specversion": "1.0",
+            "id": uuid.uuid4().hex,
+            "source": BFF,
+            "type": "persona.rename.v1",
+            "subject": "p1",
+            "datacontenttype": "application/json",
+            "replyto": unwritable,
+            "data": {"persona_id": "p1", "name": "Nowhere"},
+        }
+    )
+    upstream = Served(projects[UPSTREAM], UPSTREAM, envs[UPSTREAM])
+    bff = Served(projects[BFF], BFF, envs[BFF])
+    try:
+        # The BFF's principal may write the persona service's commands; the same key (p1), so the
+        # same partition, as the rename after it.
+        asyncio.run(_produce(kafka, BFF, deployment.topic(UPSTREAM, "commands"), command))
+        accepted = bff.post("/personas/p1/rename", {"name": "Annie"})
+        assert accepted.status_code == 202, accepted.text
+        status = f"/commands/{accepted.json()['command_id']}"
+        until(lambda: bff.get(status).json()["status"] == "succeeded")
+    finally:
+        bff.stop()
+        upstream.stop()
+    letters = run(projects[UPSTREAM], UPSTREAM, "dlq", "list", env=envs[UPSTREAM])
+    assert_ok(letters)
+    assert "ReplyRefusedError" in letters.stdout, letters.stdout
+    assert unwritable in letters.stdout
+
+
 @pytest.mark.parametrize(
     ("user", "owner", "suffix"),
     [

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar, get_type_hints
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import TopicAuthorizationFailedError, UnknownTopicOrPartitionError
 from pydantic import BaseModel, ValidationError
 
 from ..deadletter import DeadLetter, DeadLetters, Retry
@@ -240,7 +241,11 @@ class CommandWorker:
         except _Undeliverable as exc:
             await self._dead_letters.send([DeadLetter(record, exc.cause, attempts=exc.attempts)])
             error, result = f"{type(exc.cause).__name__}: {exc.cause}", "dead_lettered"
-        await self._publish(envelope, outcome, error)
+        try:
+            await self._publish(envelope, outcome, error)
+        except ReplyRefusedError as exc:  # its Fact Events are out; only its answer cannot go
+            await self._dead_letters.send_one(record, exc)
+            result = "dead_lettered"
         await self._redis.set(self._keys.handled(envelope.id), b"1", ex=self._handled_retention_s)
         return result
 
@@ -308,6 +313,7 @@ class CommandWorker:
                     )
                 )
         reply_to = command.extensions.get("replyto")
+        reply_sent = None
         if reply_to:
             reply = Reply(
                 status="failed" if outcome is None else "succeeded",
@@ -324,12 +330,18 @@ class CommandWorker:
                 extensions={**_correlation(command), "causationid": command.id},
             )
             key = (command.subject or command.id).encode()
-            sent.append(
-                await self._producer.send(
+            try:
+                reply_sent = await self._producer.send(
                     reply_to, event.to_json(), key=key, headers=tracing.headers()
                 )
-            )
+            except _REFUSED as exc:  # no such topic, or not this service's to see
+                raise ReplyRefusedError(reply_to, exc) from exc
         await asyncio.gather(*sent)
+        if reply_sent is not None:
+            try:
+                await reply_sent
+            except _REFUSED as exc:  # not this service's to write
+                raise ReplyRefusedError(reply_to or "", exc) from exc
 
 
 def _correlation(command: CloudEvent) -> dict[str, str]:
@@ -338,6 +350,21 @@ def _correlation(command: CloudEvent) -> dict[str, str]:
 
 class InvalidReplyToError(InvalidEventError):
     """A command whose `replyto` cannot name a Kafka topic: it cannot be answered."""
+
+
+class ReplyRefusedError(InvalidEventError):
+    """A command whose `replyto` the broker will not take this service's reply on: a topic that
+    does not exist, or one its ACLs do not let this service write. Retrying cannot help."""
+
+    def __init__(self, reply_to: str, cause: Exception) -> None:
+        super().__init__(
+            f"replyto {reply_to[:100]!r}: the broker refuses this service's reply there"
+            f" ({type(cause).__name__})"
+        )
+
+
+# What the broker answers for a topic that cannot take a record from this service.
+_REFUSED = (TopicAuthorizationFailedError, UnknownTopicOrPartitionError)
 
 
 _TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
