@@ -26,6 +26,12 @@ from .runtime.auth import (
 from .runtime.commands import http as command_routes
 from .runtime.commands.handling import Handlers
 from .runtime.commands.sending import OutgoingCommand, RateLimitedError
+from .runtime.consistency import (
+    InvalidTokenError,
+    NotAppliedError,
+    NotYetError,
+    consistent_read,
+)
 from .runtime.errors import StartupError
 from .runtime.guard import RequestGuard
 from .runtime.observability import metrics
@@ -70,8 +76,14 @@ def create_app(
             401: {"description": "No valid bearer token; the body says why"},
             413: {"description": "Body over MAX_REQUEST_BYTES"},
             414: {"description": "URL too long"},
+            409: {
+                "description": "The Consistency-Token's event was not applied; the body says why"
+            },
             429: {"description": "Over COMMANDS_PER_MINUTE; retry after Retry-After seconds"},
-            503: {"description": "The read model (Redis) is unavailable; retry later"},
+            503: {
+                "description": "The read model (Redis) is unavailable, or has not reached the"
+                " Consistency-Token yet; retry after Retry-After seconds"
+            },
         },
     }
     if settings.api_docs:
@@ -100,7 +112,11 @@ def create_app(
     app.add_exception_handler(TokenRefusedError, _unauthenticated)
     app.add_exception_handler(KeysUnavailableError, _keys_unavailable)
     app.add_exception_handler(RateLimitedError, _rate_limited)
-    guarded = [Depends(route_access)]  # a token where AUTH_REQUIRED_FOR says
+    app.add_exception_handler(InvalidTokenError, _invalid_consistency_token)
+    app.add_exception_handler(NotAppliedError, _not_applied)
+    app.add_exception_handler(NotYetError, _not_yet)
+    # A bearer token where AUTH_REQUIRED_FOR says; a consistency token's wait where one is sent.
+    guarded = [Depends(route_access), Depends(consistent_read)]
     for router in routers:  # first: routes are matched in order, and queries are most
         app.include_router(router, dependencies=guarded)
     app.include_router(health.router)  # probes stay open
@@ -150,6 +166,21 @@ async def _rate_limited(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RateLimitedError)
     retry_after = str(exc.retry_after_s)
     return JSONResponse({"detail": str(exc)}, status_code=429, headers={"retry-after": retry_after})
+
+
+async def _invalid_consistency_token(request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse({"detail": f"Consistency-Token: {exc}"}, status_code=400)
+
+
+async def _not_applied(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, NotAppliedError)
+    return JSONResponse({"detail": str(exc), "events": exc.events}, status_code=409)
+
+
+async def _not_yet(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, NotYetError)
+    body = {"detail": str(exc), "behind": exc.behind}
+    return JSONResponse(body, status_code=503, headers={"retry-after": "1"})
 
 
 async def _bad_cursor(request: Request, exc: Exception) -> JSONResponse:

@@ -18,7 +18,13 @@ from .commands.handling import (
     fact,
     handle,
 )
-from .commands.http import COMMAND_RESPONSES, Accepted, CommandWait, command_response
+from .commands.http import (
+    COMMAND_RESPONSES,
+    Accepted,
+    CommandUntil,
+    CommandWait,
+    command_response,
+)
 from .commands.sending import CommandStatus, OutgoingCommand, SentCommand, command
 from .deprecation import TemplateDeprecationWarning
 from .deps import (
@@ -53,6 +59,7 @@ __all__ = [
     "CommandHandler",
     "CommandRejected",
     "CommandStatus",
+    "CommandUntil",
     "CommandWait",
     "CommandsDep",
     "Contract",

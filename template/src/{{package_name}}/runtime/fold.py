@@ -28,7 +28,7 @@ import struct
 import time
 import zlib
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -216,6 +216,10 @@ class Fold:
         self.outcomes: Counter[tuple[str, str, Outcome]] = Counter()
         self.conflicts: list[Conflict] = []
         self.newly_parked: list[tuple[EntityRef, Record, str]] = []  # what began a sequence, why
+        # Events not applied (dead-lettered, parked), with why, and parked ones now applied: what
+        # consistency tokens learn (keyspace.unapplied).
+        self.unapplied: list[tuple[Record, str]] = []
+        self.reapplied: list[Record] = []
         self._window = window
         self._park_max = park_max
         self._give_up = give_up or {}
@@ -297,6 +301,8 @@ class Fold:
             )
         self._note_writer(ref, history, record)
         self._count(record, event, "applied")
+        if index is None:  # a parked event, replayed
+            self.reapplied.append(record)
 
     def _replay(self, ref: EntityRef, parked: Parked) -> None:
         if parked.change is None:
@@ -326,6 +332,7 @@ class Fold:
             self.newly_parked.append((ref, record, error or f"behind a parked event ({why})"))
         history.parked += 1
         self.queues.setdefault(ref, []).append(parked)
+        self.unapplied.append((record, f"parked: {error or f'behind a parked event ({why})'}"))
         if parked.change is not None:
             self._count(record, parked.change.event, "parked")
 
@@ -347,6 +354,7 @@ class Fold:
 
     def _letter(self, record: Record, error: Exception) -> None:
         self.letters.append((record, error))
+        self.unapplied.append((record, f"dead-lettered: {type(error).__name__}: {error}"))
 
     def _count(self, record: Record, event: Event[Any], outcome: Outcome) -> None:
         self.outcomes[record.topic, event.type, outcome] += 1
@@ -382,7 +390,27 @@ def stored_writes(
             )
         elif stored or rewritten:
             writes.slots[keys.parked_entity(*ref)] = None
+    # A parked event replayed and applied in this very fold is applied: its note goes.
+    reapplied = {(record.topic, record.partition, record.offset) for record in fold.reapplied}
+    for topic, partition, offset in reapplied:
+        writes.slots[keys.unapplied(topic, partition, offset)] = None
+    note_unapplied(
+        writes,
+        keys,
+        [
+            (r, why)
+            for r, why in fold.unapplied
+            if (r.topic, r.partition, r.offset) not in reapplied
+        ],
+    )
     return writes
+
+
+def note_unapplied(writes: Writes, keys: Keyspace, records: Iterable[tuple[Record, str]]) -> None:
+    """Note, with the batch's writes, the events it did not apply and why (keyspace.unapplied)."""
+    for record, why in records:
+        noted = f"{record.offset} {why}"[:300].encode(errors="replace")
+        writes.slots[keys.unapplied(record.topic, record.partition, record.offset)] = noted
 
 
 _EMPTY = History().dumps()

@@ -30,6 +30,11 @@ LAYOUT = 2
 # beyond that the buckets become hash tables: still correct, less compact.
 BUCKETS = 1024
 
+# Per partition, the events not applied that are remembered by offset: a consistency token asked
+# about one of them soon after (the usual case) finds it unless 1024 later offsets were not applied
+# either and one took its slot.
+UNAPPLIED_RING = 1024
+
 Slot = tuple[str, str]  # a hash and a field of it
 
 
@@ -115,6 +120,11 @@ class Keyspace:
         """(collection, key) of a field of the index of parked entities."""
         collection, _, key = (name.decode() if isinstance(name, bytes) else name).partition(":")
         return collection, key
+
+    def unapplied(self, topic: str, partition: int, offset: int) -> Slot:
+        """Where an event that was not applied (dead-lettered, parked) is noted, for a consistency
+        token to learn of it: a ring of UNAPPLIED_RING slots per partition, by offset."""
+        return f"{self._versioned}ua:{topic}:{partition}", str(offset % UNAPPLIED_RING)
 
     def lookup_bucket(self, collection: str, lookup: str, bucket: int) -> str:
         return f"{self._versioned}lk:{collection}:{lookup}:{bucket}"

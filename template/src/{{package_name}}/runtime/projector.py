@@ -42,7 +42,7 @@ from .commit import EntityRef, Sent, Writes, states
 from .deadletter import DeadLetter, DeadLetters, Retry
 from .errors import without_addresses
 from .events import InvalidEventError
-from .fold import Fold, History, Work, parked_sequences, stored_writes
+from .fold import Fold, History, Work, note_unapplied, parked_sequences, stored_writes
 from .kafka import Gap, GapError, Record, gaps, known_positions, reached, seek
 from .kafka.unreadable import Unreadable, UnreadableRecord, locate, readable_before
 from .keyspace import Slot
@@ -436,6 +436,11 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
             batch.work, batch.read, batch.histories
         )
         batch.letters = batch.rejected + letters
+        rejected = [
+            (letter.record, f"dead-lettered: {type(letter.error).__name__}: {letter.error}")
+            for letter in batch.rejected
+        ]
+        note_unapplied(batch.writes, self._batches.keys, rejected)
         unsent = [letter for letter in batch.letters if _source(letter) not in batch.sent]
         await self._dead_letters.send(unsent)
         batch.sent.update(map(_source, unsent))

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any, Generic, NamedTuple, TypeVar, cast
 
 import orjson
+from aiokafka import TopicPartition
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
@@ -90,6 +91,20 @@ class Queries:
     def __init__(self, redis: Redis, keys: Keyspace) -> None:
         self._redis = redis
         self._keys = keys
+
+    async def positions(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int | None]:
+        """The next offset the read model applies from each partition (None: none yet)."""
+        raw = cast(
+            list[bytes | None], await self._redis.mget([self._keys.position(tp) for tp in tps])
+        )
+        return {
+            tp: None if value is None else int(value) for tp, value in zip(tps, raw, strict=True)
+        }
+
+    async def unapplied(self, positions: Sequence[tuple[str, int, int]]) -> list[bytes | None]:
+        """What is noted of each event at `positions` (topic, partition, offset) that was not
+        applied, where its slot holds a note (keyspace.unapplied)."""
+        return await hget_each(self._redis, [self._keys.unapplied(*p) for p in positions])
 
     async def get(self, collection: Collection[Any] | str, key: str) -> bytes | None:
         """The stored JSON of one entity, or None."""

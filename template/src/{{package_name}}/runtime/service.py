@@ -255,6 +255,7 @@ async def running(
             timeout_s=settings.command_timeout_s,
             retention_s=settings.command_retention_s,
             per_minute=settings.commands_per_minute,
+            projected=registry.topics(settings),
             instruments=instruments,
         )
         service = Service(settings, readmodel, bus, instruments)

@@ -36,7 +36,7 @@ from ..projection import (
     type_of,
 )
 from ..readmodel import Queries, ReadModel
-from .sending import REPLY_TYPE, Reply
+from .sending import REPLY_TYPE, FactPosition, Reply
 
 log = logging.getLogger(__name__)
 
@@ -290,9 +290,11 @@ class CommandWorker:
     async def _publish(
         self, command: CloudEvent, outcome: Outcome | None, error: str | None
     ) -> None:
-        """Fact Events and results first, then the reply, each acknowledged by the broker."""
+        """Fact Events and results first, then the reply with where they landed, each
+        acknowledged by the broker."""
         now = datetime.now(UTC).isoformat()
         sent = []
+        published: list[tuple[str, FactEvent]] = []
         if outcome is not None:
             published = [(self._events_topic, event) for event in outcome.events]
             if self._results_topic is not None:
@@ -312,36 +314,37 @@ class CommandWorker:
                         topic, event.to_json(), key=fact.key.encode(), headers=tracing.headers()
                     )
                 )
+        landed = await asyncio.gather(*sent)
         reply_to = command.extensions.get("replyto")
-        reply_sent = None
-        if reply_to:
-            reply = Reply(
-                status="failed" if outcome is None else "succeeded",
-                result=None if outcome is None else outcome.result,
-                error=error,
+        if not reply_to:
+            return
+        reply = Reply(
+            status="failed" if outcome is None else "succeeded",
+            result=None if outcome is None else outcome.result,
+            error=error,
+            # Where its Fact Events are, for a consistency token (results are no facts).
+            positions=[
+                FactPosition(topic=md.topic, partition=md.partition, offset=md.offset)
+                for md, (topic, _) in zip(landed, published, strict=True)
+                if topic == self._events_topic
+            ],
+        )
+        event = CloudEvent.create(
+            REPLY_TYPE,
+            reply,
+            source=self._source,
+            subject=command.subject,
+            id_from=f"{command.id}/reply",
+            time=now,
+            extensions={**_correlation(command), "causationid": command.id},
+        )
+        key = (command.subject or command.id).encode()
+        try:
+            await self._producer.send_and_wait(
+                reply_to, event.to_json(), key=key, headers=tracing.headers()
             )
-            event = CloudEvent.create(
-                REPLY_TYPE,
-                reply,
-                source=self._source,
-                subject=command.subject,
-                id_from=f"{command.id}/reply",
-                time=now,
-                extensions={**_correlation(command), "causationid": command.id},
-            )
-            key = (command.subject or command.id).encode()
-            try:
-                reply_sent = await self._producer.send(
-                    reply_to, event.to_json(), key=key, headers=tracing.headers()
-                )
-            except _REFUSED as exc:  # no such topic, or not this service's to see
-                raise ReplyRefusedError(reply_to, exc) from exc
-        await asyncio.gather(*sent)
-        if reply_sent is not None:
-            try:
-                await reply_sent
-            except _REFUSED as exc:  # not this service's to write
-                raise ReplyRefusedError(reply_to or "", exc) from exc
+        except _REFUSED as exc:  # no such topic, or not this service's to see or write
+            raise ReplyRefusedError(reply_to, exc) from exc
 
 
 def _correlation(command: CloudEvent) -> dict[str, str]:

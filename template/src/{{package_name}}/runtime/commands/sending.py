@@ -24,6 +24,7 @@ import math
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterable
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -35,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from redis.exceptions import RedisError
 
 from ..auth import Principal
+from ..consistency import NotAppliedError, NotYetError, Token, reached
 from ..deadletter import DeadLetter, DeadLetters
 from ..events import CloudEvent, InvalidEventError, decode
 from ..kafka import Record, consume_each
@@ -66,7 +68,7 @@ if tonumber(ARGV[4]) > tonumber(redis.call('HGET', KEYS[1], 'deadline')) then
   return 'late'
 end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'result', ARGV[2], 'error', ARGV[3],
-           'completed_at', ARGV[5])
+           'completed_at', ARGV[5], 'positions', ARGV[8])
 redis.call('PUBLISH', KEYS[2], ARGV[6])
 return 'completed'
 """
@@ -90,6 +92,16 @@ return 0
 """
 
 
+class FactPosition(BaseModel):
+    """Where a Fact Event its handler published landed."""
+
+    model_config = ConfigDict(frozen=True)
+
+    topic: str = Field(max_length=249)
+    partition: int = Field(ge=0)
+    offset: int = Field(ge=0)
+
+
 class Reply(BaseModel):
     """The data of a `command.reply.v1` event."""
 
@@ -98,6 +110,12 @@ class Reply(BaseModel):
     status: Literal["succeeded", "failed"]
     result: dict[str, Any] | None = None
     error: str | None = None
+    positions: list[FactPosition] = Field(
+        default=[],
+        max_length=1000,
+        description="Where the Fact Events the handler published landed, in the order published:"
+        " a service that projects them knows from these when it has applied the command's effect",
+    )
 
 
 class CommandStatus(BaseModel):
@@ -113,6 +131,16 @@ class CommandStatus(BaseModel):
     result: dict[str, Any] | None = None
     error: str | None = None
     principal: str | None = Field(default=None, description="Who sent it (the token's subject)")
+    consistency_token: str | None = Field(
+        default=None,
+        description="Send it as the Consistency-Token header of a query to be answered once the"
+        " command's effect is in the read model",
+    )
+    applied: bool | None = Field(
+        default=None,
+        description="With until=applied: whether the command's effect was in the read model"
+        " when this was answered",
+    )
 
     def visible_to(self, principal: Principal) -> bool:
         """Only its sender reads a command's status (with authentication off, anyone; a command
@@ -205,16 +233,19 @@ class CommandBus:
         timeout_s: float,
         retention_s: int,
         per_minute: int = 0,
+        projected: Iterable[str] = (),
         instruments: Instruments | None = None,
     ) -> None:
         redis = self._redis = readmodel.redis
         self._keys = readmodel.keys
+        self._queries = readmodel.queries
         self._producer = producer
         self._source = source
         self._reply_topic = reply_topic
         self._timeout_s = timeout_s
         self._retention_s = retention_s
         self._per_minute = per_minute
+        self._projected = frozenset(projected)  # topics whose positions make consistency tokens
         self._principal: Principal | None = None
         self._complete = redis.register_script(_COMPLETE)
         self._expire = redis.register_script(_EXPIRE)
@@ -306,13 +337,28 @@ class CommandBus:
             return None
         values = {name.decode(): value.decode() for name, value in fields.items()}
         result = values.pop("result", "")
+        token = Token.of(map(tuple, orjson.loads(values.pop("positions", "[]"))), self._projected)
         return CommandStatus.model_validate(
             {
                 **values,
                 "result": orjson.loads(result) if result else None,
                 "error": values.get("error") or None,
+                "consistency_token": token.encode() if token.positions else None,
             }
         )
+
+    async def applied(self, status: CommandStatus, within_s: float) -> CommandStatus:
+        """`status` with `applied`: whether its effect is in the read model within `within_s`
+        (nothing to apply counts as applied; a failed command has no effect to apply)."""
+        if status.status != "succeeded":
+            return status.model_copy(update={"applied": False})
+        if status.consistency_token is None:
+            return status.model_copy(update={"applied": True})
+        try:
+            await reached(self._queries, Token.decode(status.consistency_token), within_s)
+        except (NotYetError, NotAppliedError):
+            return status.model_copy(update={"applied": False})
+        return status.model_copy(update={"applied": True})
 
     async def wait(self, command_id: str, timeout_s: float) -> CommandStatus | None:
         """The command's status once it is no longer pending, or after `timeout_s`."""
@@ -351,6 +397,7 @@ class CommandBus:
                         _iso(now),
                         command_id,
                         reply.source,
+                        orjson.dumps([[p.topic, p.partition, p.offset] for p in data.positions]),
                     ],
                 )
             ).decode()
