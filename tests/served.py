@@ -67,6 +67,7 @@ class Served:
         self, project: Path, package: str, env: dict[str, str], *, wait_ready: bool = True
     ) -> None:
         self.port = free_port()
+        self.env = env
         self.log = project / "serve.log"
         package_command(project, package, env, "auth", "dev-setup")
         token = package_command(project, package, env, "auth", "dev-token", "tester").stdout

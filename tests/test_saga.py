@@ -15,9 +15,11 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
+from redis import Redis as SyncRedis
 
 from .conftest import Reliability
 from .helpers import assert_ok, forget_keys, render, run
@@ -80,6 +82,7 @@ def services(tmp_path: Path, services_env: dict[str, str]) -> Iterator[tuple[Ser
         "TOPIC_PREFIX": f"{prefix}.personabff",
         "REDIS_KEY_PREFIX": f"{run_id}.personabff",
         "UPSTREAM_PREFIXES": f"personaservice={prefix}.personaservice",
+        "COMMANDS_PER_MINUTE": "1000",  # one user renames 200 times in a few seconds below
     }
     for project, package, env in (
         (upstream, "personaservice", upstream_env),
@@ -137,6 +140,50 @@ def test_rename_command_round_trip_between_two_generated_services(
 
     assert bff.post("/personas/p1/rename", {"name": ""}).status_code == 422
     assert bff.post("/personas/p1/rename?wait=99", {"name": "Y"}).status_code == 422
+
+
+def test_a_read_with_the_rename_s_consistency_token_is_never_stale(
+    services: tuple[Served, Served], services_env: dict[str, str]
+) -> None:
+    """The frontend's journey: rename, then at once read the persona back with the token the
+    rename answered; the BFF applies the persona service's Fact Event in between, or says why not."""
+    bff, _ = services
+    until(lambda: bff.get("/personas/p1").status_code == 200)
+    stale = []
+    for n in range(200):
+        name = f"Ann {n}"
+        renamed = bff.post("/personas/p1/rename?wait=10", {"name": name})
+        assert renamed.status_code == 200, renamed.text
+        token = renamed.json()["consistency_token"]
+        read = httpx.get(
+            f"{bff.url}/personas/p1", headers={**bff.headers, "consistency-token": token}
+        )
+        if read.status_code != 200 or read.json()["name"] != name:
+            stale.append((n, read.status_code, read.text[:200]))
+    assert stale == []
+
+    # With the BFF's projector held (the read model's freeze, as a snapshot export sets it), the
+    # rename is replied to but not applied: a read without the token answers the state before;
+    # with it, 503 and Retry-After until the rename is applied.
+    freeze = "{" + bff.env["REDIS_KEY_PREFIX"] + "}:freeze"
+    with SyncRedis.from_url(services_env["REDIS_URL"]) as redis:
+        redis.set(freeze, b"1")
+        try:
+            renamed = bff.post("/personas/p1/rename?wait=10", {"name": "Held"})
+            assert renamed.status_code == 200, renamed.text
+            token = renamed.json()["consistency_token"]
+            assert bff.get("/personas/p1").json()["name"] == "Ann 199"
+            held = httpx.get(
+                f"{bff.url}/personas/p1",
+                headers={**bff.headers, "consistency-token": token},
+                timeout=30,
+            )
+            assert held.status_code == 503, held.text
+            assert held.headers["retry-after"] == "1"
+        finally:
+            redis.delete(freeze)
+    read = httpx.get(f"{bff.url}/personas/p1", headers={**bff.headers, "consistency-token": token})
+    assert (read.status_code, read.json()["name"]) == (200, "Held")
 
 
 @pytest.mark.faults
