@@ -193,6 +193,10 @@ def layout() -> list[tuple[str, str]]:
         (keys.handled("<command id>"), "a command this service handled (not handled again)"),
         (keys.commands_done, "pub/sub channel: the id of each command completed"),
         (keys.gaps_accepted, "stream: each gap an operator accepted, who, when (`gaps accept`)"),
+        (
+            keys.rate("<principal digest>", "<minute>"),  # type: ignore[arg-type]
+            "the commands a principal sent in that minute (COMMANDS_PER_MINUTE)",
+        ),
         (keys.bucket("<collection>", bucket), "hash: entity key -> entity JSON"),
         (
             keys.history_bucket("<collection>", bucket),
@@ -210,6 +214,11 @@ def layout() -> list[tuple[str, str]]:
         (
             keys.position(TopicPartition("<topic>", partition)),
             "the next offset to apply from that partition",
+        ),
+        (
+            keys.unapplied("<topic>", partition, 0)[0],
+            "hash: `<offset mod 1024>` -> `<offset> dead-lettered: <why>` (or `parked: <why>`), an"
+            " event not applied",
         ),
         (keys.bootstrap, "`pending` until the version's bootstrap is done, then `done`"),
         (keys.layout, "the layout the version was written in (absent: 1)"),
