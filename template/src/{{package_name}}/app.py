@@ -1,5 +1,6 @@
 """The ASGI application. Build it with `create_app(settings)`; nothing here runs at import time."""
 
+import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -17,6 +18,7 @@ from .handlers import HANDLERS
 from .projections import REGISTRY
 from .runtime import asyncapi, health, service
 from .runtime.auth import (
+    ANONYMOUS,
     Authenticator,
     KeysUnavailableError,
     TokenRefusedError,
@@ -41,6 +43,8 @@ from .runtime.projection import Registry
 from .runtime.readmodel import InvalidCursorError
 from .settings import Settings
 
+log = logging.getLogger(__name__)
+
 
 def create_app(
     settings: Settings | None = None,
@@ -54,6 +58,12 @@ def create_app(
     settings = settings or Settings()
     if problem := settings.auth_problem():
         raise StartupError(problem)
+    if settings.auth_disabled:
+        log.warning(
+            "AUTH_DISABLED=true: no route needs a bearer token, every caller is %r (local work"
+            " only)",
+            ANONYMOUS.subject,
+        )
     instruments = Instruments()
     authenticator = Authenticator(settings)
     # Built once, up front: contracts that contradict each other stop the app from starting.

@@ -182,6 +182,8 @@ class OutgoingCommand(Generic[D]):
 
     def replier(self, settings: ServiceSettings) -> str | None:
         """The `source` its reply must come from: the service it goes to, where that is known."""
+        if self.topic(settings) == settings.commands_topic:  # this service, however declared
+            return settings.service_name
         upstream = self.upstream or {
             "commands_topic": THIS_SERVICE,
             "upstream_commands_topic": GENERATED_WITH,
