@@ -8,6 +8,7 @@ import random
 import struct
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -17,6 +18,7 @@ from aiokafka.client import AIOKafkaClient
 from aiokafka.protocol.produce import ProduceRequest
 from aiokafka.record.util import calc_crc32c, encode_varint
 
+from .helpers import render
 from .served import Served
 
 Event = tuple[str, str, dict[str, Any]]  # (key, type, data)
@@ -181,3 +183,41 @@ def read_all(server: Served) -> dict[str, dict[str, Any]]:
         after = body["next_cursor"]
         if after is None:
             return personas
+
+
+# What the persona service's team adds to its service: the handler of the renames it owns.
+RENAME_HANDLER = '''"""Renames: this service owns personas, so it handles their renames."""
+
+from ..contracts.personas import PersonaRenamed, RenamePersona
+from ..projections.personas import PERSONAS
+from ..runtime import Command, CommandRejected, HandlerContext, Outcome, fact, handle
+
+
+async def rename(command: Command[RenamePersona], context: HandlerContext) -> Outcome:
+    persona_id = command.data.persona_id
+    if await context.readmodel.get(PERSONAS, persona_id) is None:
+        raise CommandRejected(f"persona {persona_id!r} does not exist")
+    renamed = PersonaRenamed(persona_id=persona_id, display_name=command.data.name)
+    return Outcome(
+        result={"persona_id": persona_id, "name": command.data.name},
+        events=[fact(persona_id, renamed)],
+    )
+
+
+HANDLERS = [handle(rename, events=[PersonaRenamed])]
+'''
+
+
+def render_persona_service(project: Path) -> Path:
+    """The persona service, the upstream of `personabff`: the same template, another name, with the
+    rename handler its team added."""
+    render(project, service_name="personaservice", upstream_service="personabff")
+    handlers = project / "src/personaservice/handlers"
+    (handlers / "renames.py").write_text(RENAME_HANDLER)
+    init = handlers / "__init__.py"
+    init.write_text(
+        init.read_text()
+        .replace("from . import personas", "from . import personas, renames")
+        .replace("Handlers(personas.HANDLERS)", "Handlers([*personas.HANDLERS, *renames.HANDLERS])")
+    )
+    return project

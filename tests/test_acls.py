@@ -25,7 +25,6 @@ from . import personas
 from .helpers import assert_ok, forget_keys, render, run
 from .infra import AuthorizingKafka
 from .served import Served, until
-from .test_saga import RENAME_HANDLER
 
 # One worker runs the whole module: one broker with the authorizer per run.
 pytestmark = [pytest.mark.services, pytest.mark.xdist_group("acls")]
@@ -66,15 +65,7 @@ def deployment(
     prefix = f"{run_id}.arcadia.identity"
     where = tmp_path_factory.mktemp("acls")
     bff = render(where / BFF)
-    upstream = render(where / UPSTREAM, service_name=UPSTREAM, upstream_service=BFF)
-    handlers = upstream / "src/personaservice/handlers"
-    (handlers / "renames.py").write_text(RENAME_HANDLER)
-    init = handlers / "__init__.py"
-    init.write_text(
-        init.read_text()
-        .replace("from . import personas", "from . import personas, renames")
-        .replace("Handlers(personas.HANDLERS)", "Handlers([*personas.HANDLERS, *renames.HANDLERS])")
-    )
+    upstream = personas.render_persona_service(where / UPSTREAM)
     common = {"REDIS_URL": services_env["REDIS_URL"], "KAFKA_STARTUP_TIMEOUT_S": "30"}
     settings = {
         # The persona service keeps its own view of personas from its own Fact Events, and its

@@ -21,6 +21,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from redis import Redis as SyncRedis
 
+from . import personas
 from .conftest import Reliability
 from .helpers import assert_ok, forget_keys, render, run
 from .served import Served, until
@@ -28,45 +29,12 @@ from .served import Served, until
 pytestmark = pytest.mark.services
 
 
-# What the persona service's team adds to its service: the handler of the renames it owns.
-RENAME_HANDLER = '''"""Renames: this service owns personas, so it handles their renames."""
-
-from ..contracts.personas import PersonaRenamed, RenamePersona
-from ..projections.personas import PERSONAS
-from ..runtime import Command, CommandRejected, HandlerContext, Outcome, fact, handle
-
-
-async def rename(command: Command[RenamePersona], context: HandlerContext) -> Outcome:
-    persona_id = command.data.persona_id
-    if await context.readmodel.get(PERSONAS, persona_id) is None:
-        raise CommandRejected(f"persona {persona_id!r} does not exist")
-    renamed = PersonaRenamed(persona_id=persona_id, display_name=command.data.name)
-    return Outcome(
-        result={"persona_id": persona_id, "name": command.data.name},
-        events=[fact(persona_id, renamed)],
-    )
-
-
-HANDLERS = [handle(rename, events=[PersonaRenamed])]
-'''
-
-
 @pytest.fixture
 def services(tmp_path: Path, services_env: dict[str, str]) -> Iterator[tuple[Served, Served]]:
     run_id = f"saga{uuid.uuid4().hex[:8]}"
     prefix = f"{run_id}.arcadia.identity"
     bff = render(tmp_path / "personabff")
-    upstream = render(
-        tmp_path / "personaservice", service_name="personaservice", upstream_service="personabff"
-    )
-    handlers = upstream / "src/personaservice/handlers"
-    (handlers / "renames.py").write_text(RENAME_HANDLER)
-    init = handlers / "__init__.py"
-    init.write_text(
-        init.read_text()
-        .replace("from . import personas", "from . import personas, renames")
-        .replace("Handlers(personas.HANDLERS)", "Handlers([*personas.HANDLERS, *renames.HANDLERS])")
-    )
+    upstream = personas.render_persona_service(tmp_path / "personaservice")
     common = {**services_env, "KAFKA_STARTUP_TIMEOUT_S": "30"}
     upstream_env = {
         **common,
