@@ -32,11 +32,11 @@ from typing import Any, Generic, Literal, TypeVar, cast
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 from redis.exceptions import RedisError
 
 from ..auth import Principal
-from ..consistency import NotAppliedError, NotYetError, Token, reached
+from ..consistency import MAX_POSITIONS, NotAppliedError, NotYetError, Token, reached
 from ..deadletter import DeadLetter, DeadLetters
 from ..events import CloudEvent, InvalidEventError, decode
 from ..kafka import Record, consume_each
@@ -141,6 +141,8 @@ class CommandStatus(BaseModel):
         description="With until=applied: whether the command's effect was in the read model"
         " when this was answered",
     )
+
+    _untraceable: bool = PrivateAttr(default=False)  # effects too spread out for a token
 
     def visible_to(self, principal: Principal) -> bool:
         """Only its sender reads a command's status (with authentication off, anyone; a command
@@ -340,22 +342,27 @@ class CommandBus:
         values = {name.decode(): value.decode() for name, value in fields.items()}
         result = values.pop("result", "")
         token = Token.of(map(tuple, orjson.loads(values.pop("positions", "[]"))), self._projected)
-        return CommandStatus.model_validate(
+        # More partitions than a header carries (MAX_POSITIONS): no token rather than one no
+        # query could send, and whether it is applied is not known.
+        tokenable = len(token.positions) <= MAX_POSITIONS
+        status = CommandStatus.model_validate(
             {
                 **values,
                 "result": orjson.loads(result) if result else None,
                 "error": values.get("error") or None,
-                "consistency_token": token.encode() if token.positions else None,
+                "consistency_token": token.encode() if token.positions and tokenable else None,
             }
         )
+        status._untraceable = not tokenable
+        return status
 
     async def applied(self, status: CommandStatus, within_s: float) -> CommandStatus:
         """`status` with `applied`: whether its effect is in the read model within `within_s`
         (nothing to apply counts as applied; a failed command has no effect to apply)."""
         if status.status != "succeeded":
             return status.model_copy(update={"applied": False})
-        if status.consistency_token is None:
-            return status.model_copy(update={"applied": True})
+        if status.consistency_token is None:  # nothing here to apply, or unknown
+            return status.model_copy(update={"applied": None if status._untraceable else True})
         try:
             await reached(self._queries, Token.decode(status.consistency_token), within_s)
         except (NotYetError, NotAppliedError):
