@@ -111,7 +111,13 @@ def create_app(
             allow_origins=settings.cors_origins,
             allow_credentials=settings.cors_credentials,
             allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
-            allow_headers=["authorization", "content-type", "traceparent", "tracestate"],
+            allow_headers=[
+                "authorization",
+                "consistency-token",
+                "content-type",
+                "traceparent",
+                "tracestate",
+            ],
             expose_headers=["read-model-age", "retry-after"],
         )
     app.add_middleware(HttpTelemetry, instruments=instruments)  # outermost: counts refusals too
