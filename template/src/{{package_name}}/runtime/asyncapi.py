@@ -90,7 +90,8 @@ def document(
             "receive",
             settings.commands_topic,
             [command],
-            "Handle the command, publish its Fact Events, then reply.",
+            "Handle the command (its `principal` extension attribute names the user it was sent"
+            " for), publish its Fact Events, then reply with where they landed (`positions`).",
             reply=(REPLY_TO, reply_id),
         )
     published = [(settings.events_topic, fact) for h in handled for fact in h.events.items()]
@@ -115,7 +116,8 @@ def document(
             "send",
             topic,
             [sent],
-            "Track the command until its reply completes it.",
+            "Track the command until its reply completes it; the command carries the sender's"
+            " subject in its `principal` extension attribute.",
             reply=(settings.reply_topic, reply),
         )
     return doc.build(settings)
