@@ -86,15 +86,16 @@ class JwksFile:
 
     def __init__(self, path: Path) -> None:
         self._path = path
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: tuple[int, int, int] | None = None  # inode, mtime, size: a rewrite moves one
         self._keys: dict[str | None, jwt.PyJWK] = {}
 
     async def find(self, kid: str | None) -> jwt.PyJWK | None:
         try:
             stat = self._path.stat()
-            if (stat.st_mtime_ns, stat.st_size) != self._stamp:
+            stamp = stat.st_ino, stat.st_mtime_ns, stat.st_size
+            if stamp != self._stamp:
                 self._keys = _parse(self._path.read_bytes())
-                self._stamp = stat.st_mtime_ns, stat.st_size
+                self._stamp = stamp
         except (OSError, ValueError, jwt.PyJWTError) as exc:
             log.warning("signing keys not read from AUTH_JWKS_FILE=%s: %r", self._path, exc)
             if not self._keys:
