@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # service.py imports what imports this module
     from .service import Service
 
 HEADER = "consistency-token"
+_HEADER_RAW = HEADER.encode()  # ASGI header names are lowercase bytes
 _PREFIX = "ct1."
 MAX_POSITIONS = 64  # a command publishes a few Fact Events; a token is a header
 _POLL_FIRST_S, _POLL_MAX_S = 0.005, 0.1
@@ -145,10 +146,11 @@ async def reached(queries: Queries, token: Token, within_s: float) -> None:
 
 async def consistent_read(request: Request) -> None:
     """Every API route's: with a Consistency-Token header, answer only once the read model has
-    applied what it names (CONSISTENCY_WAIT_S at most)."""
-    text = request.headers.get(HEADER)
-    if text is None:
+    applied what it names (CONSISTENCY_WAIT_S at most). Most queries send none: the raw headers
+    are scanned for it, without building the request's header mapping."""
+    raw = next((value for name, value in request.scope["headers"] if name == _HEADER_RAW), None)
+    if raw is None:
         return
-    token = Token.decode(text)
+    token = Token.decode(raw.decode("latin-1"))
     service: Service = request.app.state.service
     await reached(service.queries, token, service.settings.consistency_wait_s)
