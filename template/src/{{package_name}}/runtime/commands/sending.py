@@ -255,7 +255,7 @@ class CommandBus:
         self._expire = redis.register_script(_EXPIRE)
         self._count = redis.register_script(_COUNT)
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
-        self.replies: Counter[str] = Counter()  # completed, duplicate, late, unknown
+        self.replies: Counter[str] = Counter()  # completed, duplicate, late, unknown, forged
         self._instruments = instruments or Instruments()
 
     def acting_for(self, principal: Principal) -> "CommandBus":
