@@ -180,6 +180,17 @@ return 'ok'
 """
 
 
+async def stored_positions(
+    redis: Redis, keys: Keyspace, tps: Sequence[TopicPartition]
+) -> dict[TopicPartition, int | None]:
+    """The next offset to apply from each partition, as `keys`' version stores it (None: none
+    applied yet), read with `redis` (the projector's pool, or the queries')."""
+    if not tps:
+        return {}
+    raw = cast(list[bytes | None], await redis.mget([keys.position(tp) for tp in tps]))
+    return {tp: None if value is None else int(value) for tp, value in zip(tps, raw, strict=True)}
+
+
 class Sent:
     """A commit written out, its answer not read yet."""
 
@@ -240,13 +251,7 @@ class Batches:
 
     async def positions(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int | None]:
         """The next offset to apply from each partition (None: none applied yet)."""
-        if not tps:
-            return {}
-        found = await self.redis.mget([self.keys.position(tp) for tp in tps])
-        raw = cast(list[bytes | None], found)
-        return {
-            tp: None if value is None else int(value) for tp, value in zip(tps, raw, strict=True)
-        }
+        return await stored_positions(self.redis, self.keys, tps)
 
     async def commit(
         self,

@@ -17,7 +17,7 @@ from aiokafka import TopicPartition
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
-from .commit import Batches
+from .commit import Batches, stored_positions
 from .keyspace import BUCKETS, Keyspace
 from .projection import Collection
 from .redis import hget_each
@@ -94,12 +94,7 @@ class Queries:
 
     async def positions(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int | None]:
         """The next offset the read model applies from each partition (None: none yet)."""
-        raw = cast(
-            list[bytes | None], await self._redis.mget([self._keys.position(tp) for tp in tps])
-        )
-        return {
-            tp: None if value is None else int(value) for tp, value in zip(tps, raw, strict=True)
-        }
+        return await stored_positions(self._redis, self._keys, tps)
 
     async def unapplied(self, positions: Sequence[tuple[str, int, int]]) -> list[bytes | None]:
         """What is noted of each event at `positions` (topic, partition, offset) that was not
