@@ -354,7 +354,7 @@ class Fold:
 
     def _letter(self, record: Record, error: Exception) -> None:
         self.letters.append((record, error))
-        self.unapplied.append((record, f"dead-lettered: {type(error).__name__}: {error}"))
+        self.unapplied.append((record, dead_lettered(error)))
 
     def _count(self, record: Record, event: Event[Any], outcome: Outcome) -> None:
         self.outcomes[record.topic, event.type, outcome] += 1
@@ -404,6 +404,11 @@ def stored_writes(
         ],
     )
     return writes
+
+
+def dead_lettered(error: BaseException) -> str:
+    """Why an event dead-lettered was not applied, as its note says."""
+    return f"dead-lettered: {type(error).__name__}: {error}"
 
 
 def note_unapplied(writes: Writes, keys: Keyspace, records: Iterable[tuple[Record, str]]) -> None:

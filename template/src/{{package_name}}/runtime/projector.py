@@ -42,7 +42,15 @@ from .commit import EntityRef, Sent, Writes, states
 from .deadletter import DeadLetter, DeadLetters, Retry
 from .errors import without_addresses
 from .events import InvalidEventError
-from .fold import Fold, History, Work, note_unapplied, parked_sequences, stored_writes
+from .fold import (
+    Fold,
+    History,
+    Work,
+    dead_lettered,
+    note_unapplied,
+    parked_sequences,
+    stored_writes,
+)
 from .kafka import Gap, GapError, Record, gaps, known_positions, reached, seek
 from .kafka.unreadable import Unreadable, UnreadableRecord, locate, readable_before
 from .keyspace import Slot
@@ -279,9 +287,8 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
                     failures += 1
                     if self.failing is None:
                         log.warning("batch failed, retrying from the stored positions: %r", exc)
-                    self.failing = without_addresses(f"batch failed: {type(exc).__name__}: {exc}")[
-                        :300
-                    ]
+                    failure = f"batch failed: {type(exc).__name__}: {exc}"
+                    self.failing = without_addresses(failure)[:300]
                     await asyncio.sleep(min(FAILED_BATCH_MAX_WAIT_S, 0.25 * 2**failures))
                     async with self._batch_lock:
                         await self._seek_to_stored(list(self._positions))
@@ -436,10 +443,7 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
             batch.work, batch.read, batch.histories
         )
         batch.letters = batch.rejected + letters
-        rejected = [
-            (letter.record, f"dead-lettered: {type(letter.error).__name__}: {letter.error}")
-            for letter in batch.rejected
-        ]
+        rejected = [(letter.record, dead_lettered(letter.error)) for letter in batch.rejected]
         note_unapplied(batch.writes, self._batches.keys, rejected)
         unsent = [letter for letter in batch.letters if _source(letter) not in batch.sent]
         await self._dead_letters.send(unsent)
