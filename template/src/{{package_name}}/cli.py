@@ -75,13 +75,14 @@ def serve(
 ) -> None:
     """Serve the API and run the consumers."""
     settings = load_settings()
-    if problem := settings.auth_problem():
-        typer.echo(f"error: {problem}", err=True)
-        raise typer.Exit(code=2)
     logs.configure(settings.log_level, settings.log_format)
     tracing.configure(settings.service_name)
+    try:  # first: settings the app refuses (authentication) stop it before Kafka is tried
+        app = create_app(settings)
+    except StartupError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from None
     _run_job(_preflight(settings))
-    app = create_app(settings)
     service.tune_gc()  # what start-up made is frozen, so full collections skip it
     uvicorn.run(
         app,
