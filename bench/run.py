@@ -110,6 +110,8 @@ def settings_for(run: str, **overrides: Any) -> Any:
         "topic_prefix": f"{run}.arcadia.identity.personabff",
         "redis_key_prefix": f"{run}.personabff",
         "upstream_topics": [f"{run}.arcadia.identity.personaservice.events"],
+        # The upstream's commands topic too is the run's own (the service checks it at start).
+        "upstream_prefixes": {"personaservice": f"{run}.arcadia.identity.personaservice"},
         "auth_issuer": issuer.issuer,
         "auth_jwks_file": issuer.jwks_file,
     }
@@ -407,12 +409,14 @@ async def projection(run: str, src: Path, count: int, rounds: int) -> tuple[list
     same phase of a shared machine; ratios are medians of the rounds'. Each peer's personas are
     checked in Redis after its run. The first round projects into the read model that the memory
     and bootstrap figures use."""
+    from personabff.cli import upstream_topics
     from personabff.runtime.kafka import create_topics, own_topics
 
     settings = settings_for(run)
     [topic] = settings.upstream_topics
     partitions = 3
-    await create_topics(settings, [topic, *own_topics(settings)], partitions=partitions)
+    topics = [*upstream_topics(settings), *own_topics(settings)]
+    await create_topics(settings, topics, partitions=partitions)
     say(f"projection: producing {count:,} events")
     await produce(topic, persona_events(count))
     expected = expected_personas(count)
@@ -668,6 +672,7 @@ async def bootstrap(settings: Any, rounds: int) -> Figure:
 async def saga(run: str, count: int) -> list[Figure]:
     from asgi_lifespan import LifespanManager
     from personabff.app import create_app
+    from personabff.cli import upstream_topics
     from personabff.runtime import CommandHandler, Handlers, Outcome
     from personabff.runtime.kafka import create_topics, own_topics
     from pydantic import BaseModel
@@ -679,7 +684,7 @@ async def saga(run: str, count: int) -> list[Figure]:
         return Outcome(result={"n": command.data.n})
 
     settings = settings_for(run, upstream_topics=[])
-    await create_topics(settings, own_topics(settings), partitions=3)
+    await create_topics(settings, [*upstream_topics(settings), *own_topics(settings)], partitions=3)
     app = create_app(settings, handlers=Handlers([CommandHandler("ping.v1", Ping, pong)]))
     say(f"saga: {count} commands to the service's own .commands topic, each awaited")
     latencies = []
@@ -740,6 +745,7 @@ def query(project: Path, settings: Any, seconds: int, rounds: int) -> list[Figur
         "TOPIC_PREFIX": settings.topic_prefix,
         "REDIS_KEY_PREFIX": settings.redis_key_prefix,
         "UPSTREAM_TOPICS": ",".join(settings.upstream_topics),
+        "UPSTREAM_PREFIXES": ",".join(f"{k}={v}" for k, v in settings.upstream_prefixes.items()),
         "LOG_LEVEL": "WARNING",
         "BENCH_KEY": f"{settings.redis_key_prefix}:bench:",
         "AUTH_ISSUER": settings.auth_issuer,
