@@ -37,7 +37,7 @@ from redis.exceptions import RedisError
 
 from . import snapshot
 from .errors import StartupError
-from .kafka import Gap, gaps, new_consumer, partitions_of, start_client
+from .kafka import Gap, gaps, new_job_consumer, partitions_of, start_client
 from .projector import Projector
 from .readmodel import ReadModel
 from .settings import ServiceSettings
@@ -145,7 +145,7 @@ async def recover(
     if any(gap.log_end is not None for gap in found):
         log.info("no snapshot recovers %s: a position is past its log's end", wanted)
         return False
-    consumer = new_consumer(settings, group_id=None)
+    consumer = new_job_consumer(settings)
     await start_client(consumer, settings)
     try:
         positions = await snapshot.last_positions(consumer, settings, settings.data_topic)

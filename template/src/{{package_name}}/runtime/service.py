@@ -25,7 +25,7 @@ from .commands.handling import CommandWorker, Handlers
 from .commands.sending import CommandBus
 from .deadletter import DeadLetters, Retry
 from .errors import StartupError
-from .kafka import new_consumer, new_producer, start_client
+from .kafka import new_consumer, new_job_consumer, new_producer, start_client
 from .keyspace import LAYOUT, Keyspace
 from .observability.instruments import Instruments
 from .progress import Progress
@@ -402,7 +402,9 @@ async def _bootstrap(settings: ServiceSettings, registry: Registry, service: Ser
     """Load the last snapshot of the data topic if the read model waits for its bootstrap."""
     readmodel = service.readmodel
     if await readmodel.versions.awaits_bootstrap():
-        consumer = new_consumer(settings, group_id=None)
+        # A newer export that replaces the one being loaded makes the load raise (the job consumer
+        # skips no deleted record); tried again, it loads the newer one afresh.
+        consumer = new_job_consumer(settings)
         await start_client(consumer, settings)
         try:
             summary = await snapshot.load(

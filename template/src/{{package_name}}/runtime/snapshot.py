@@ -216,7 +216,9 @@ async def load(
 
     Loads into a version that holds nothing but this load's own earlier work, so it writes without
     reading: a record loaded twice writes the same state and the same lookup entries. Redis runs
-    each batch's commit while the next batch is read from Kafka.
+    each batch's commit while the next batch is read from Kafka. When a newer export deletes the
+    records being loaded, OffsetOutOfRangeError is raised (the consumer does not skip them); a
+    load run again then starts afresh from the newer export.
     """
     tps, begin, end, last = await _newest_export(consumer, settings, topic)
     if last is None:
@@ -232,8 +234,10 @@ async def load(
         return stored
 
     stored = await resume()
-    if all(offset is None for offset in stored.values()):
-        await readmodel.versions.drop_entities(collections)  # a fresh load: nothing there before
+    if all(offset is None or offset < begin[tp] for tp, offset in stored.items()):
+        # Nothing of this export loaded yet: a fresh load, or one resumed after a newer export
+        # replaced the one it had begun (whose records are deleted: getmany raised on them).
+        await readmodel.versions.drop_entities(collections)
     total = sum([end[tp] - await consumer.position(tp) for tp in tps])
     done = entities = positions = lookup_entries = 0
     last_report = time.monotonic()

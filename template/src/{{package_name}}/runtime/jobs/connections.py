@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from ..errors import StartupError
-from ..kafka import new_consumer, new_producer, start_client
+from ..kafka import new_job_consumer, new_producer, start_client
 from ..readmodel import ReadModel
 from ..service import connect_redis, key_prefix
 from ..settings import ServiceSettings
@@ -30,7 +30,7 @@ async def clients(settings: ServiceSettings) -> AsyncIterator[Clients]:
         producer = new_producer(settings)
         await start_client(producer, settings)
         stack.push_async_callback(producer.stop)
-        consumer = new_consumer(settings, group_id=None)
+        consumer = new_job_consumer(settings)
         await start_client(consumer, settings)
         stack.push_async_callback(consumer.stop)
         # Where the service keeps its read model, also when an older release chose the prefix.

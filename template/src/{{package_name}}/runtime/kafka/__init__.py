@@ -15,7 +15,14 @@ callbacks). A later bus (NATS, RabbitMQ) is a sibling package offering the same 
   (computed from the settings; it asks the cluster nothing).
 """
 
-from .clients import client_options, new_admin, new_consumer, new_producer, start_client
+from .clients import (
+    client_options,
+    new_admin,
+    new_consumer,
+    new_job_consumer,
+    new_producer,
+    start_client,
+)
 from .consuming import consume_each
 from .positions import (
     Gap,
@@ -51,6 +58,7 @@ __all__ = [
     "missing_topics",
     "new_admin",
     "new_consumer",
+    "new_job_consumer",
     "new_producer",
     "own_topics",
     "partitions_of",

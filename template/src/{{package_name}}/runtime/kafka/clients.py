@@ -73,6 +73,13 @@ def new_consumer(
     )
 
 
+def new_job_consumer(settings: ServiceSettings) -> AIOKafkaConsumer:
+    """A job's consumer (bootstrap, rebuild, redrive, `dlq`, gaps): it seeks each partition
+    itself, and never past records deleted while it reads them (by retention, or a newer snapshot
+    export): `getmany` raises OffsetOutOfRangeError, and a job's projector GapError, instead."""
+    return new_consumer(settings, group_id=None, offset_reset="none")
+
+
 async def start_client(
     client: AIOKafkaProducer | AIOKafkaConsumer | AIOKafkaAdminClient, settings: ServiceSettings
 ) -> None:
