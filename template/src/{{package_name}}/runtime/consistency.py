@@ -62,6 +62,27 @@ class NotYetError(Exception):
         self.behind = behind
 
 
+class TooManyWaitingError(NotYetError):
+    """503 at once: CONSISTENCY_MAX_WAITING queries of this instance wait already."""
+
+    def __init__(self, behind: list[dict[str, Any]], limit: int) -> None:
+        Exception.__init__(
+            self,
+            f"{limit} queries already wait for the read model here (CONSISTENCY_MAX_WAITING)"
+            "; retry",
+        )
+        self.behind = behind
+
+
+@dataclass
+class Waiting:
+    """The queries of one instance waiting on a consistency token: each holds a request (and its
+    connection) for up to CONSISTENCY_WAIT_S, so at most `limit` at once."""
+
+    limit: int
+    now: int = 0
+
+
 @dataclass(frozen=True)
 class Token:
     """Positions of Fact Events: (topic, partition, offset)."""
@@ -103,26 +124,20 @@ class Token:
         return cls(tuple(positions))
 
 
-async def reached(queries: Queries, token: Token, within_s: float) -> None:
+async def reached(queries: Queries, token: Token, within_s: float, waiting: Waiting) -> None:
     """Return once the read model has applied what `token` names; NotAppliedError if it passed
-    an event of it without applying it, NotYetError if it is still behind after `within_s`."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within_s
+    an event of it without applying it, NotYetError if it is still behind after `within_s`, or
+    at once (TooManyWaitingError) when `waiting` is full."""
     wanted = {TopicPartition(t, p): o for t, p, o in token.positions}
-    pause = _POLL_FIRST_S
-    while True:
-        stored = await queries.positions(list(wanted))
-        behind = [
-            {"topic": tp.topic, "partition": tp.partition, "offset": offset, "at": stored[tp]}
-            for tp, offset in wanted.items()
-            if (stored[tp] or 0) <= offset  # a stored position is the next offset to apply
-        ]
-        if not behind:
-            break
-        if loop.time() >= deadline:
-            raise NotYetError(behind, within_s)
-        await asyncio.sleep(min(pause, max(0.0, deadline - loop.time())))
-        pause = min(pause * 2, _POLL_MAX_S)
+    behind = await _behind(queries, wanted)
+    if behind:
+        if waiting.now >= waiting.limit:
+            raise TooManyWaitingError(behind, waiting.limit)
+        waiting.now += 1
+        try:
+            await _wait(queries, wanted, within_s)
+        finally:
+            waiting.now -= 1
     notes = await queries.unapplied(token.positions)
     missed = []
     for (topic, partition, offset), note in zip(token.positions, notes, strict=True):
@@ -144,6 +159,31 @@ async def reached(queries: Queries, token: Token, within_s: float) -> None:
         raise NotAppliedError(missed)
 
 
+async def _behind(queries: Queries, wanted: dict[TopicPartition, int]) -> list[dict[str, Any]]:
+    """The positions of `wanted` the read model has not passed yet."""
+    stored = await queries.positions(list(wanted))
+    return [
+        {"topic": tp.topic, "partition": tp.partition, "offset": offset, "at": stored[tp]}
+        for tp, offset in wanted.items()
+        if (stored[tp] or 0) <= offset  # a stored position is the next offset to apply
+    ]
+
+
+async def _wait(queries: Queries, wanted: dict[TopicPartition, int], within_s: float) -> None:
+    """Poll, more slowly as it goes, until the read model has passed `wanted`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within_s
+    pause = _POLL_FIRST_S
+    while True:
+        await asyncio.sleep(min(pause, max(0.0, deadline - loop.time())))
+        pause = min(pause * 2, _POLL_MAX_S)
+        behind = await _behind(queries, wanted)
+        if not behind:
+            return
+        if loop.time() >= deadline:
+            raise NotYetError(behind, within_s)
+
+
 async def consistent_read(request: Request) -> None:
     """Every API route's: with a Consistency-Token header, answer only once the read model has
     applied what it names (CONSISTENCY_WAIT_S at most). Most queries send none: the raw headers
@@ -153,4 +193,8 @@ async def consistent_read(request: Request) -> None:
         return
     token = Token.decode(raw.decode("latin-1"))
     service: Service = request.app.state.service
-    await reached(service.queries, token, service.settings.consistency_wait_s)
+    try:
+        await reached(service.queries, token, service.settings.consistency_wait_s, service.waiting)
+    except TooManyWaitingError:
+        service.instruments.consistency_refused.inc()
+        raise

@@ -23,6 +23,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 from . import gaps, snapshot
 from .commands.handling import CommandWorker, Handlers
 from .commands.sending import CommandBus
+from .consistency import Waiting
 from .deadletter import DeadLetters, Retry
 from .errors import StartupError
 from .kafka import new_consumer, new_job_consumer, new_producer, start_client
@@ -71,10 +72,12 @@ class Service:
     loops: Loops = field(default_factory=Loops)
     freshness: Freshness = field(init=False)
     subscribed: bool = False  # the projector's consumer, once the bootstrap is done
+    waiting: Waiting = field(init=False)  # queries waiting on a consistency token
 
     def __post_init__(self) -> None:
         self.queries = self.readmodel.queries
         self.freshness = Freshness(self.settings.stall_after_s)
+        self.waiting = self.commands.waiting
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Whether to send this instance traffic, with the state of each component.
@@ -256,6 +259,7 @@ async def running(
             retention_s=settings.command_retention_s,
             per_minute=settings.commands_per_minute,
             projected=registry.topics(settings),
+            max_waiting=settings.consistency_max_waiting,
             instruments=instruments,
         )
         service = Service(settings, readmodel, bus, instruments)

@@ -36,7 +36,14 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 from redis.exceptions import RedisError
 
 from ..auth import Principal
-from ..consistency import MAX_POSITIONS, NotAppliedError, NotYetError, Token, reached
+from ..consistency import (
+    MAX_POSITIONS,
+    NotAppliedError,
+    NotYetError,
+    Token,
+    Waiting,
+    reached,
+)
 from ..deadletter import DeadLetter, DeadLetters
 from ..events import CloudEvent, InvalidEventError, decode
 from ..kafka import Record, consume_each
@@ -238,6 +245,7 @@ class CommandBus:
         retention_s: int,
         per_minute: int = 0,
         projected: Iterable[str] = (),
+        max_waiting: int = 100,
         instruments: Instruments | None = None,
     ) -> None:
         redis = self._redis = readmodel.redis
@@ -250,6 +258,8 @@ class CommandBus:
         self._retention_s = retention_s
         self._per_minute = per_minute
         self._projected = frozenset(projected)  # topics whose positions make consistency tokens
+        # The queries and commands waiting on a consistency token (`?until=applied`) at once.
+        self.waiting = Waiting(max_waiting)
         self._principal: Principal | None = None
         self._complete = redis.register_script(_COMPLETE)
         self._expire = redis.register_script(_EXPIRE)
@@ -364,7 +374,8 @@ class CommandBus:
         if status.consistency_token is None:  # nothing here to apply, or unknown
             return status.model_copy(update={"applied": None if status._untraceable else True})
         try:
-            await reached(self._queries, Token.decode(status.consistency_token), within_s)
+            token = Token.decode(status.consistency_token)
+            await reached(self._queries, token, within_s, self.waiting)
         except (NotYetError, NotAppliedError):
             return status.model_copy(update={"applied": False})
         return status.model_copy(update={"applied": True})

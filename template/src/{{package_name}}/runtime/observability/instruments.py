@@ -34,6 +34,12 @@ class Instruments:
             ["topic", "type", "reason"],
             registry=registry,
         )
+        self.consistency_refused = Counter(
+            "bff_consistency_waits_refused",
+            "Queries with a Consistency-Token answered 503 at once: CONSISTENCY_MAX_WAITING"
+            " queries of the instance were waiting already",
+            registry=registry,
+        )
         self.events_parked = Counter(
             "bff_events_parked",
             "Upstream events parked behind their entity's parked sequence",

@@ -29,6 +29,11 @@ class ServiceCollector(Collector):
         yield GaugeMetricFamily(
             "bff_bootstrap_finished", "1 once the bootstrap is done", int(progress.finished)
         )
+        yield GaugeMetricFamily(
+            "bff_consistency_waiting",
+            "Queries waiting on a Consistency-Token now (at most CONSISTENCY_MAX_WAITING)",
+            service.waiting.now,
+        )
         rebuild = GaugeMetricFamily(
             "bff_rebuild_records", "Records replayed by a running rebuild", labels=["of"]
         )
