@@ -55,23 +55,13 @@ class NotAppliedError(Exception):
 class NotYetError(Exception):
     """503: the read model had not reached the token within CONSISTENCY_WAIT_S."""
 
-    def __init__(self, behind: list[dict[str, Any]], waited_s: float) -> None:
-        super().__init__(
-            f"the read model has not reached the consistency token in {waited_s:g} s; retry"
-        )
+    def __init__(self, reason: str, behind: list[dict[str, Any]]) -> None:
+        super().__init__(reason)
         self.behind = behind
 
 
 class TooManyWaitingError(NotYetError):
     """503 at once: CONSISTENCY_MAX_WAITING queries of this instance wait already."""
-
-    def __init__(self, behind: list[dict[str, Any]], limit: int) -> None:
-        Exception.__init__(
-            self,
-            f"{limit} queries already wait for the read model here (CONSISTENCY_MAX_WAITING)"
-            "; retry",
-        )
-        self.behind = behind
 
 
 @dataclass
@@ -132,7 +122,11 @@ async def reached(queries: Queries, token: Token, within_s: float, waiting: Wait
     behind = await _behind(queries, wanted)
     if behind:
         if waiting.now >= waiting.limit:
-            raise TooManyWaitingError(behind, waiting.limit)
+            raise TooManyWaitingError(
+                f"{waiting.limit} queries already wait for the read model here"
+                " (CONSISTENCY_MAX_WAITING); retry",
+                behind,
+            )
         waiting.now += 1
         try:
             await _wait(queries, wanted, within_s)
@@ -181,7 +175,8 @@ async def _wait(queries: Queries, wanted: dict[TopicPartition, int], within_s: f
         if not behind:
             return
         if loop.time() >= deadline:
-            raise NotYetError(behind, within_s)
+            reason = f"the read model has not reached the consistency token in {within_s:g} s"
+            raise NotYetError(f"{reason}; retry", behind)
 
 
 async def consistent_read(request: Request) -> None:

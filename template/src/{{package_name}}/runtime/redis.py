@@ -31,10 +31,10 @@ class _HiredisPacking:
         return [b"".join(self.pack_command(*command)[0] for command in commands)]
 
     async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-        """Bounded by SOCKET_TIMEOUT in place: redis-py bounds each write with asyncio.wait_for,
-        which on Python 3.11 runs it as a task of its own, a trip through the event loop that
-        costs a query about 15 us of CPU. While it writes, this connection's own bound is off
-        (one command uses a connection at a time), and the write is bounded here instead."""
+        """A write bounded by the socket timeout (REDIS_TIMEOUT_S) in place: redis-py bounds it
+        with asyncio.wait_for, which on Python 3.11 runs it as a task of its own, a trip through
+        the event loop that costs a query about 15 us of CPU. While it writes, this connection's
+        own bound is off (one command uses a connection at a time), and this one bounds it."""
         connection = cast(Connection, self)
         timeout = connection.socket_timeout
         if not timeout:
