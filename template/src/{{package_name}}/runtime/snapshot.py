@@ -233,11 +233,10 @@ async def load(
         await seek(consumer, {tp: max(begin[tp], stored[tp] or 0) for tp in tps})
         return stored
 
+    # Nothing of this export loaded yet (a fresh load, or one resumed after a newer export replaced
+    # the one it had begun, whose records are deleted): what the version holds goes first.
+    await readmodel.versions.clear_for_load(collections, begin)
     stored = await resume()
-    if all(offset is None or offset < begin[tp] for tp, offset in stored.items()):
-        # Nothing of this export loaded yet: a fresh load, or one resumed after a newer export
-        # replaced the one it had begun (whose records are deleted: getmany raised on them).
-        await readmodel.versions.drop_entities(collections)
     total = sum([end[tp] - await consumer.position(tp) for tp in tps])
     done = entities = positions = lookup_entries = 0
     last_report = time.monotonic()

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from contextlib import asynccontextmanager
 from typing import Any
 
+from aiokafka import TopicPartition
 from redis.asyncio import Redis
 
 from .keyspace import BUCKETS, LAYOUT, Keyspace
@@ -29,6 +30,21 @@ if redis.call('SET', KEYS[1], '1', 'NX') then
   return 1
 end
 return 0
+"""
+
+
+# Unless a position KEYS[i] (of ARGV[1]) is at or past its beginning ARGV[i + 1], unlink the other
+# KEYS, a few hundred at a time (unpack() takes a few thousand values at most).
+_CLEAR_FOR_LOAD = """
+local n = tonumber(ARGV[1])
+for i = 1, n do
+  local stored = redis.call('GET', KEYS[i])
+  if stored and tonumber(stored) >= tonumber(ARGV[i + 1]) then return 0 end
+end
+for first = n + 1, #KEYS, 500 do
+  redis.call('UNLINK', unpack(KEYS, first, math.min(first + 499, #KEYS)))
+end
+return 1
 """
 
 
@@ -87,9 +103,15 @@ class Versions:
         keys = [key async for key in self.redis.scan_iter(match=self.keys.everything, count=1000)]
         return await self._unlink(keys)
 
-    async def drop_entities(self, collections: Mapping[str, Collection[Any]]) -> int:
-        """Delete the entities and lookups of `collections` in this version (not its positions or
-        markers). Their keys are known, so no SCAN walks the whole keyspace."""
+    async def clear_for_load(
+        self, collections: Mapping[str, Collection[Any]], begin: Mapping[TopicPartition, int]
+    ) -> bool:
+        """Delete the entities, lookups, histories and parked sequences of `collections` in this
+        version (not its positions or markers), unless some of the export that begins at `begin`
+        (per partition of the data topic) is loaded already: a stored position at or past its
+        beginning. One script decides and deletes, so an instance that starts the same load a
+        moment after another never deletes what the other has loaded since. True when cleared.
+        (Their keys are known, so no SCAN walks the whole keyspace.)"""
         keys = [self.keys.parked]
         for name, collection in collections.items():
             keys += [self.keys.bucket(name, bucket) for bucket in range(BUCKETS)]
@@ -97,7 +119,12 @@ class Versions:
             keys += [self.keys.parked_bucket(name, bucket) for bucket in range(BUCKETS)]
             for lookup in collection.lookups:
                 keys += [self.keys.lookup_bucket(name, lookup, b) for b in range(BUCKETS)]
-        return await self._unlink(keys)
+        positions = [self.keys.position(tp) for tp in begin]
+        offsets = [str(offset) for offset in begin.values()]
+        cleared = await self.redis.eval(
+            _CLEAR_FOR_LOAD, len(positions) + len(keys), *positions, *keys, len(positions), *offsets
+        )
+        return bool(cleared)
 
     async def _unlink(self, keys: Sequence[str | bytes]) -> int:
         deleted = 0
