@@ -16,7 +16,6 @@ import hiredis
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.connection import AbstractConnection, Connection, SSLConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .settings import ServiceSettings
 
@@ -29,26 +28,6 @@ class _HiredisPacking:
 
     def pack_commands(self, commands: Any) -> list[bytes]:
         return [b"".join(self.pack_command(*command)[0] for command in commands)]
-
-    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-        """A write bounded by the socket timeout (REDIS_TIMEOUT_S) in place: redis-py bounds it
-        with asyncio.wait_for, which on Python 3.11 runs it as a task of its own, a trip through
-        the event loop that costs a query about 15 us of CPU. While it writes, this connection's
-        own bound is off (one command uses a connection at a time), and this one bounds it."""
-        connection = cast(Connection, self)
-        timeout = connection.socket_timeout
-        if not timeout:
-            await super().send_packed_command(command, check_health)  # type: ignore[misc]
-            return
-        connection.socket_timeout = None
-        try:
-            async with asyncio.timeout(timeout):
-                await super().send_packed_command(command, check_health)  # type: ignore[misc]
-        except TimeoutError:
-            await connection.disconnect(nowait=True)
-            raise RedisTimeoutError("Timeout writing to socket") from None
-        finally:
-            connection.socket_timeout = timeout
 
 
 class HiredisConnection(_HiredisPacking, Connection):
