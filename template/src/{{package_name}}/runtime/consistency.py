@@ -189,7 +189,8 @@ async def consistent_read(request: Request) -> None:
     token = Token.decode(raw.decode("latin-1"))
     service: Service = request.app.state.service
     try:
-        await reached(service.queries, token, service.settings.consistency_wait_s, service.waiting)
+        waiting = service.commands.waiting  # shared with commands that wait until applied
+        await reached(service.queries, token, service.settings.consistency_wait_s, waiting)
     except TooManyWaitingError:
         service.instruments.consistency_refused.inc()
         raise

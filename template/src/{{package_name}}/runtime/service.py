@@ -23,7 +23,6 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 from . import gaps, snapshot
 from .commands.handling import CommandWorker, Handlers
 from .commands.sending import CommandBus
-from .consistency import Waiting
 from .deadletter import DeadLetters, Retry
 from .errors import StartupError
 from .kafka import new_consumer, new_job_consumer, new_producer, start_client
@@ -72,12 +71,10 @@ class Service:
     loops: Loops = field(default_factory=Loops)
     freshness: Freshness = field(init=False)
     subscribed: bool = False  # the projector's consumer, once the bootstrap is done
-    waiting: Waiting = field(init=False)  # queries waiting on a consistency token
 
     def __post_init__(self) -> None:
         self.queries = self.readmodel.queries
         self.freshness = Freshness(self.settings.stall_after_s)
-        self.waiting = self.commands.waiting
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Whether to send this instance traffic, with the state of each component.

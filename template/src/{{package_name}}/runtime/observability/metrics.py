@@ -32,7 +32,7 @@ class ServiceCollector(Collector):
         yield GaugeMetricFamily(
             "bff_consistency_waiting",
             "Queries waiting on a Consistency-Token now (at most CONSISTENCY_MAX_WAITING)",
-            service.waiting.now,
+            service.commands.waiting.now,
         )
         rebuild = GaugeMetricFamily(
             "bff_rebuild_records", "Records replayed by a running rebuild", labels=["of"]
