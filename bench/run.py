@@ -179,6 +179,15 @@ async def assigned_consumer(
     return consumer, tps
 
 
+async def create_service_topics(settings: Any, partitions: int = 3) -> None:
+    """The service's own topics and its upstream's, as `create-topics --with-upstream` makes them."""
+    from personabff.cli import upstream_topics
+    from personabff.runtime.kafka import create_topics, own_topics
+
+    topics = [*upstream_topics(settings), *own_topics(settings)]
+    await create_topics(settings, topics, partitions=partitions)
+
+
 async def topic_records(topic: str) -> int:
     """How many records `topic` holds (offsets from its start to its end)."""
     consumer, tps = await assigned_consumer(topic)
@@ -420,14 +429,10 @@ async def projection(run: str, src: Path, count: int, rounds: int) -> tuple[list
     same phase of a shared machine; ratios are medians of the rounds'. Each peer's personas are
     checked in Redis after its run. The first round projects into the read model that the memory
     and bootstrap figures use."""
-    from personabff.cli import upstream_topics
-    from personabff.runtime.kafka import create_topics, own_topics
-
     settings = settings_for(run)
     [topic] = settings.upstream_topics
     partitions = 3
-    topics = [*upstream_topics(settings), *own_topics(settings)]
-    await create_topics(settings, topics, partitions=partitions)
+    await create_service_topics(settings, partitions)
     say(f"projection: producing {count:,} events")
     await produce(topic, persona_events(count))
     expected = expected_personas(count)
@@ -684,9 +689,7 @@ async def bootstrap(settings: Any, rounds: int) -> Figure:
 async def saga(run: str, count: int) -> list[Figure]:
     from asgi_lifespan import LifespanManager
     from personabff.app import create_app
-    from personabff.cli import upstream_topics
     from personabff.runtime import CommandHandler, Handlers, Outcome
-    from personabff.runtime.kafka import create_topics, own_topics
     from pydantic import BaseModel
 
     class Ping(BaseModel):
@@ -696,7 +699,7 @@ async def saga(run: str, count: int) -> list[Figure]:
         return Outcome(result={"n": command.data.n})
 
     settings = settings_for(run, upstream_topics=[])
-    await create_topics(settings, [*upstream_topics(settings), *own_topics(settings)], partitions=3)
+    await create_service_topics(settings)
     app = create_app(settings, handlers=Handlers([CommandHandler("ping.v1", Ping, pong)]))
     say(f"saga: {count} commands to the service's own .commands topic, each awaited")
     latencies = []
