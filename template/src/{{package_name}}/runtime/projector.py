@@ -4,9 +4,11 @@ For each `getmany` batch, the entities it changes are read from Redis, the batch
 them in memory, and the outcome committed to Redis together with the position of every partition it
 covers (commit.py); when another consumer wrote one of those entities meanwhile, they are read and
 the batch folded again. A batch's commit runs in Redis while the next batch is folded, on the
-states it writes (`_advance`). On assignment the consumer seeks to the positions stored in Redis;
-Kafka's committed offsets are written afterwards for lag monitoring only. Records a partition has
-already applied are skipped, so a re-delivered batch changes nothing.
+states it writes (`_advance`); entities the projector committed itself are folded from what it
+committed (`EntityCache`), not read again, and checked by the commit all the same. On assignment
+the consumer seeks to the positions stored in Redis; Kafka's committed offsets are written
+afterwards for lag monitoring only. Records a partition has already applied are skipped, so a
+re-delivered batch changes nothing.
 
 A stored position outside its partition's log is a gap: before its start, the records between were
 deleted before they were applied; past its end, the topic was created again or its log truncated.
@@ -30,8 +32,9 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError, NoOffsetForPartitionError, OffsetOutOfRangeError
@@ -64,6 +67,54 @@ from .versions import ReadModelLostError
 log = logging.getLogger(__name__)
 
 FAILED_BATCH_MAX_WAIT_S = 30.0  # the longest wait between tries of a batch that keeps failing
+
+
+class EntityCache:
+    """What a projector last committed of each entity, its JSON and its history as stored (None:
+    absent), so its next events are folded without reading them from Redis. An optimistic read:
+    each commit still checks every entity and history it was folded from against Redis, so one
+    that another writer changed meanwhile costs a fold again, from Redis, never a wrong write. An
+    entity found changed so is kept no more (`contest`): another writer shares it. Keeps the
+    `limit` entities committed last (PROJECTOR_CACHED_ENTITIES)."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._entities: dict[EntityRef, tuple[bytes | None, bytes | None]] = {}
+        self._contested: dict[EntityRef, None] = {}
+
+    def get(self, refs: list[EntityRef]) -> dict[EntityRef, tuple[bytes | None, bytes | None]]:
+        entities = self._entities
+        return {ref: entities[ref] for ref in refs if ref in entities}
+
+    def commit(
+        self,
+        read: Mapping[EntityRef, bytes | None],
+        histories: Mapping[EntityRef, tuple[Slot, bytes | None]],
+        writes: Writes,
+    ) -> None:
+        """Keep what a batch folded from `read` and `histories` left, once committed."""
+        if not self._limit:
+            return
+        entities, states, slots = self._entities, writes.states, writes.slots
+        for ref, json in read.items():
+            if ref in self._contested:
+                continue
+            slot, history = histories[ref]
+            entities.pop(ref, None)  # to the end: the oldest are let go first
+            entities[ref] = states.get(ref, json), slots.get(slot, history)
+        for ref in list(islice(entities, max(0, len(entities) - self._limit))):
+            del entities[ref]
+
+    def contest(self, refs: Iterable[EntityRef]) -> None:
+        for ref in refs:
+            self._entities.pop(ref, None)
+            self._contested[ref] = None
+        for ref in list(islice(self._contested, max(0, len(self._contested) - self._limit))):
+            del self._contested[ref]
+
+    def clear(self) -> None:
+        self._entities.clear()
+        self._contested.clear()
 
 
 @dataclass(slots=True)
@@ -138,11 +189,13 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
         self._sought: Counter[TopicPartition] = Counter()
         # The batch folded last: it is committed while the next one is folded.
         self._pending: _Batch | None = None
+        self._cache = EntityCache(settings.projector_cached_entities)
 
     # ------------------------------------------------------------------ rebalance listener
     async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
         async with self._batch_lock:
             await self._settle_quietly()
+            self._cache.clear()
             for tp in revoked:
                 self._positions.pop(tp, None)
                 self.gaps.pop(tp, None)
@@ -157,6 +210,7 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
 
     async def _seek_to_stored(self, tps: list[TopicPartition], found_on: str = "seek") -> None:
         await self._settle_quietly()  # what it commits moves the stored positions
+        self._cache.clear()  # others may write what this projector wrote until now
         # Without its stored position a partition cannot be consumed safely: wait for Redis.
         async for attempt in AsyncRetrying(
             wait=wait_exponential(multiplier=0.1, max=5.0),
@@ -424,9 +478,18 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
                 rejected.append(DeadLetter(record, error))
         return _Batch(expected, new, work, rejected)
 
-    async def _read(self, batch: "_Batch", after: "_Batch | None") -> None:
-        """Read the batch's entities and histories, as `after` leaves those it writes."""
-        current, histories = await self._batches.read_with_histories(batch.refs())
+    async def _read(self, batch: "_Batch", after: "_Batch | None", fresh: bool = False) -> None:
+        """Read the batch's entities and histories, as `after` leaves those it writes: those this
+        projector committed last from what it knows of them, unless `fresh`, the others from
+        Redis."""
+        refs = batch.refs()
+        cached = {} if fresh else self._cache.get(refs)
+        current, histories = await self._batches.read_with_histories(
+            [ref for ref in refs if ref not in cached]
+        )
+        history_slot = self._batches.keys.history
+        for ref, (entity, history) in cached.items():
+            current[ref], histories[ref] = entity, (history_slot(*ref), history)
         if after is not None:
             states, slots = after.writes.states, after.writes.slots
             for ref in current.keys() & states.keys():
@@ -505,7 +568,13 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
         folded again), it is read and folded again."""
         assert batch.commit is not None
         while (outcome := await batch.commit.outcome()) == "changed":
-            await self._read(batch, None)
+            read, histories = batch.read, batch.histories
+            await self._read(batch, None, fresh=True)
+            self._cache.contest(
+                ref
+                for ref in read
+                if (read[ref], histories[ref]) != (batch.read[ref], batch.histories[ref])
+            )
             await self._fold_read(batch)
             await self._send(batch)
         if outcome == "moved":
@@ -515,6 +584,7 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
             await self._seek_to_stored(list(batch.expected))
             return {}
         assert batch.folded is not None
+        self._cache.commit(batch.read, batch.histories, batch.writes)
         self._positions.update(batch.new)
         self.committed_at = time.monotonic()
         self.dead_lettered += len(batch.letters)
