@@ -371,25 +371,15 @@ def stored_writes(
     where and what `histories` held), the parked sequences' events and the index of parked
     entities."""
     writes = writes_for(collections, before, fold.states)
+    slots = writes.slots
+    parks = bool(fold.queues or fold.rewritten)  # else no entity has a parked sequence
     for ref, history in fold.histories.items():
         raw = history.dumps()
         slot, before_raw = histories.get(ref) or (keys.history(*ref), None)
         if raw != (before_raw or _EMPTY):
-            writes.slots[slot] = raw
-        queue = fold.queues.get(ref, [])
-        stored = fold.stored.get(ref, 0)
-        rewritten = ref in fold.rewritten
-        for index in range(len(queue), stored if rewritten else 0):
-            writes.slots[keys.parked_event(*ref, index)] = None
-        for index in range(0 if rewritten else stored, len(queue)):
-            writes.slots[keys.parked_event(*ref, index)] = queue[index].dumps()
-        if history.parked:
-            summary = {"count": history.parked, "since": history.since, "why": history.why}
-            writes.slots[keys.parked_entity(*ref)] = orjson.dumps(
-                {**summary, "error": history.error}
-            )
-        elif stored or rewritten:
-            writes.slots[keys.parked_entity(*ref)] = None
+            slots[slot] = raw
+        if parks:
+            _store_parked(fold, keys, ref, history, slots)
     # A parked event replayed and applied in this very fold is applied: its note goes.
     reapplied = {(record.topic, record.partition, record.offset) for record in fold.reapplied}
     for topic, partition, offset in reapplied:
@@ -404,6 +394,24 @@ def stored_writes(
         ],
     )
     return writes
+
+
+def _store_parked(
+    fold: Fold, keys: Keyspace, ref: EntityRef, history: History, slots: dict[Slot, bytes | None]
+) -> None:
+    """The writes of `ref`'s parked sequence and of its entry in the index of parked entities."""
+    queue = fold.queues.get(ref, [])
+    stored = fold.stored.get(ref, 0)
+    rewritten = ref in fold.rewritten
+    for index in range(len(queue), stored if rewritten else 0):
+        slots[keys.parked_event(*ref, index)] = None
+    for index in range(0 if rewritten else stored, len(queue)):
+        slots[keys.parked_event(*ref, index)] = queue[index].dumps()
+    if history.parked:
+        summary = {"count": history.parked, "since": history.since, "why": history.why}
+        slots[keys.parked_entity(*ref)] = orjson.dumps({**summary, "error": history.error})
+    elif stored or rewritten:
+        slots[keys.parked_entity(*ref)] = None
 
 
 def dead_lettered(error: BaseException) -> str:
