@@ -11,6 +11,7 @@ import base64
 from typing import Any
 
 from aiokafka import TopicPartition
+from aiokafka.errors import OffsetOutOfRangeError
 
 from ..deadletter import HEADER_PREFIX, DeadLetters, reason_of
 from ..kafka import assign_all, reached, seek
@@ -28,7 +29,13 @@ async def dead_letters(settings: ServiceSettings, *, limit: int) -> list[dict[st
         end: dict[TopicPartition, int] = await c.consumer.end_offsets(tps)
         letters: list[dict[str, Any]] = []
         while len(letters) < limit and not await reached(c.consumer, end):
-            batches = await c.consumer.getmany(timeout_ms=1000, max_records=limit - len(letters))
+            try:
+                batches = await c.consumer.getmany(
+                    timeout_ms=1000, max_records=limit - len(letters)
+                )
+            except OffsetOutOfRangeError as exc:  # retention deleted letters: they are gone
+                await seek(c.consumer, dict.fromkeys(exc.args[0]))
+                continue
             for records in batches.values():
                 letters.extend(_describe(record) for record in records)
         return sorted(letters, key=lambda letter: (letter["time"], letter["partition"]))[:limit]
