@@ -479,9 +479,8 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
         return _Batch(expected, new, work, rejected)
 
     async def _read(self, batch: "_Batch", after: "_Batch | None", fresh: bool = False) -> None:
-        """Read the batch's entities and histories, as `after` leaves those it writes: those this
-        projector committed last from what it knows of them, unless `fresh`, the others from
-        Redis."""
+        """Read the batch's entities and histories, as `after` leaves those it writes: from the
+        cache where it holds them (unless `fresh`), else from Redis."""
         refs = batch.refs()
         cached = {} if fresh else self._cache.get(refs)
         current, histories = await self._batches.read_with_histories(
