@@ -27,6 +27,7 @@ from .runtime.errors import StartupError
 from .runtime.kafka import acls as kafka_acls
 from .runtime.kafka import create_topics, missing_topics, new_producer, own_topics, start_client
 from .runtime.observability import logs, tracing
+from .runtime.readmodel import ReadModel
 from .settings import Settings
 
 T = TypeVar("T")
@@ -48,10 +49,13 @@ def load_settings() -> Settings:
 
 
 async def _preflight(settings: Settings) -> None:
-    """Fail fast, with a readable message, when Redis or Kafka cannot be reached or a topic is
-    missing."""
+    """Fail fast, with a readable message, when Redis or Kafka cannot be reached, the read model
+    is in a layout this release cannot read, or a topic is missing."""
     redis = await service.connect_redis(settings)
-    await redis.aclose()
+    try:
+        await service.check_layout(ReadModel(redis, await service.key_prefix(redis, settings)))
+    finally:
+        await redis.aclose()
     producer = new_producer(settings)
     await start_client(producer, settings)
     await producer.stop()

@@ -62,7 +62,7 @@ from .observability.instruments import Instruments
 from .projection import Registry
 from .readmodel import ReadModel
 from .settings import ServiceSettings
-from .versions import ReadModelLostError
+from .versions import NewerLayoutError, ReadModelLostError
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
         # Held while a batch is in hand, so a rebalance waits for it to finish.
         self._batch_lock = asyncio.Lock()
         self._stopping = asyncio.Event()
-        self._lost: ReadModelLostError | None = None
+        self._lost: ReadModelLostError | NewerLayoutError | None = None
         self.assigned_once = asyncio.Event()
         self.applied = 0
         self.dead_lettered = 0
@@ -204,8 +204,8 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
         async with self._batch_lock:
             try:
                 await self._seek_to_stored(list(assigned), found_on="assignment")
-            except ReadModelLostError as exc:  # raised from run(), not into aiokafka
-                self._lost = exc
+            except (ReadModelLostError, NewerLayoutError) as exc:
+                self._lost = exc  # raised from run(), not into aiokafka
         self.assigned_once.set()
 
     async def _seek_to_stored(self, tps: list[TopicPartition], found_on: str = "seek") -> None:
@@ -285,6 +285,7 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
 
         Raises ReadModelLostError when the read model is gone from Redis, or being bootstrapped
         again; once it is back, `run()` again carries on from the positions stored then.
+        Raises NewerLayoutError when the live version is in a layout newer than this release's.
         """
         self._lost = None
         if self._positions:  # run before: the stored positions may have changed since

@@ -35,7 +35,7 @@ from .readmodel import Queries, ReadModel
 from .redis import redis_client, tls_options
 from .settings import TOPIC_PREFIX, ServiceSettings
 from .supervision import Freshness, Loops
-from .versions import ReadModelLostError
+from .versions import NewerLayoutError, ReadModelLostError
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,7 @@ class Service:
     tasks: list["asyncio.Task[None]"] = field(default_factory=list)
     caught_up: bool = False  # once true, Kafka lag no longer takes this instance out of service
     recoveries: int = 0  # times the read model was found gone from Redis and bootstrapped again
+    unreadable: str | None = None  # why this release cannot read the live version, if it cannot
     rebuild: dict[str, int] = field(default_factory=dict)  # a running rebuild's done/total
     parked: "ParkedSummary" = field(default_factory=lambda: ParkedSummary(0, 0, 0.0))
     queries: Queries = field(init=False)  # the read-only view routes and handlers get
@@ -98,6 +99,8 @@ class Service:
                 checks["projector"] = "waiting for partition assignment"
             elif any(n is None or n > self.settings.ready_max_lag for n in lag.values()):
                 checks["projector"] = f"catching up (READY_MAX_LAG={self.settings.ready_max_lag})"
+        if self.unreadable:
+            checks["layout"] = self.unreadable
         stopped = [] if self.projector is None else list(self.projector.gaps.values())
         if stopped:
             checks["gaps"] = "stopped on a gap: " + "; ".join(gap.describe() for gap in stopped)
@@ -152,6 +155,17 @@ async def connect_redis(settings: ServiceSettings, *, for_http: bool = False) ->
             f" {type(exc).__name__}: {exc or 'no answer'}{_redis_hint(settings, exc)}"
         ) from None  # the cause's traceback says no more, and may quote the URL unmasked
     return redis
+
+
+async def check_layout(readmodel: ReadModel) -> None:
+    """Refuse to start (StartupError) where the live read model is in a layout newer than this
+    release's; none yet is fine: the service creates it."""
+    try:
+        await readmodel.versions.refresh()
+    except ReadModelLostError:
+        return
+    except NewerLayoutError as exc:
+        raise StartupError(str(exc)) from None
 
 
 async def warn_if_password_unneeded(settings: ServiceSettings) -> bool:
@@ -240,6 +254,7 @@ async def running(
         http_redis = await connect_redis(settings, for_http=True)
         stack.push_async_callback(http_redis.aclose)
         readmodel = ReadModel(redis, settings.redis_key_prefix, queries_redis=http_redis)
+        await check_layout(readmodel)
         await readmodel.versions.initialise()  # a brand-new one waits for its bootstrap
 
         producer = new_producer(settings)
@@ -433,10 +448,15 @@ async def _follow_version(service: Service, stopping: asyncio.Event) -> None:
         try:
             if await readmodel.versions.refresh():
                 log.info("queries now read version %d", readmodel.keys.version)
+            service.unreadable = None
             rebuild = readmodel.keys.rebuild_progress
             progress = cast(dict[bytes, bytes], await readmodel.redis.hgetall(rebuild))
             service.rebuild = {name.decode(): int(value) for name, value in progress.items()}
             service.parked = await parked_summary(readmodel)
+        except NewerLayoutError as exc:  # the projector stops on it too
+            if service.unreadable is None:
+                log.error("%s; this instance is not ready, and projects nothing", exc)
+            service.unreadable = str(exc)
         except (RedisError, OSError, ReadModelLostError) as exc:  # the projector recovers
             log.debug("version check failed: %r", exc)
         with suppress(TimeoutError):

@@ -23,6 +23,18 @@ class ReadModelLostError(Exception):
     instance found it gone and is bootstrapping it again: it must be bootstrapped before use."""
 
 
+class NewerLayoutError(Exception):
+    """The live version was written in a layout newer than this release's (keyspace.LAYOUT): a
+    newer release rebuilt the read model. This instance neither reads nor writes it: a release
+    that reads it replaces this one."""
+
+    def __init__(self, version: int, layout: int) -> None:
+        super().__init__(
+            f"the live read model (version {version}) is in layout {layout}, newer than the"
+            f" {LAYOUT} this release reads: run a release that reads it"
+        )
+
+
 _INITIALISE = """
 if redis.call('SET', KEYS[1], '1', 'NX') then
   redis.call('SET', KEYS[2], 'pending')
@@ -55,6 +67,7 @@ class Versions:
     def __init__(self, redis: Redis, keys: Keyspace) -> None:
         self.redis = redis
         self.keys = keys
+        self._readable: int | None = None  # the version whose layout was found readable
 
     async def initialise(self) -> bool:
         """Point at version 1, marked as waiting for its bootstrap, if nothing does yet (both at
@@ -84,11 +97,18 @@ class Versions:
 
     async def refresh(self) -> bool:
         """Follow the version pointer; True when it moved. Raises ReadModelLostError when there is
-        no pointer (call initialise() first)."""
+        no pointer (call initialise() first), and NewerLayoutError, staying where it was, when the
+        live version is in a layout newer than this release's."""
         current = await self.redis.get(self.keys.pointer)
         if current is None:
+            self._readable = None  # whoever creates it again may be of another release
             raise ReadModelLostError(f"no read model version at {self.keys.pointer}")
         version = int(current)
+        if version != self._readable:
+            layout = int(await self.redis.get(self.keys.at(version).layout) or 1)
+            if layout > LAYOUT:
+                raise NewerLayoutError(version, layout)
+            self._readable = version
         moved, self.keys.version = version != self.keys.version, version
         return moved
 

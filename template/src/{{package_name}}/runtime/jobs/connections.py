@@ -11,7 +11,7 @@ from ..kafka import new_job_consumer, new_producer, start_client
 from ..readmodel import ReadModel
 from ..service import connect_redis, key_prefix
 from ..settings import ServiceSettings
-from ..versions import ReadModelLostError
+from ..versions import NewerLayoutError, ReadModelLostError
 
 
 @dataclass
@@ -47,4 +47,6 @@ async def existing(readmodel: ReadModel) -> ReadModel:
             f"no read model under REDIS_KEY_PREFIX={readmodel.keys.prefix} in this Redis:"
             " start the service first"
         ) from None
+    except NewerLayoutError as exc:
+        raise StartupError(str(exc)) from None
     return readmodel

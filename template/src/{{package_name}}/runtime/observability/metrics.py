@@ -58,6 +58,11 @@ class ServiceCollector(Collector):
             " from a snapshot to close a gap",
             service.recoveries,
         )
+        yield GaugeMetricFamily(
+            "bff_read_model_unreadable",
+            "1 while the live read model is in a layout newer than this release reads",
+            int(service.unreadable is not None),
+        )
         restarts = CounterMetricFamily(
             "bff_loop_restarts", "Times a loop raised and was restarted", labels=["loop"]
         )
