@@ -159,7 +159,7 @@ async def connect_redis(settings: ServiceSettings, *, for_http: bool = False) ->
 
 async def check_layout(readmodel: ReadModel) -> None:
     """Refuse to start (StartupError) where the live read model is in a layout newer than this
-    release's; none yet is fine: the service creates it."""
+    release's; none yet is fine: the service creates it. (`serve` checks before it starts.)"""
     try:
         await readmodel.versions.refresh()
     except ReadModelLostError:
@@ -254,8 +254,10 @@ async def running(
         http_redis = await connect_redis(settings, for_http=True)
         stack.push_async_callback(http_redis.aclose)
         readmodel = ReadModel(redis, settings.redis_key_prefix, queries_redis=http_redis)
-        await check_layout(readmodel)
-        await readmodel.versions.initialise()  # a brand-new one waits for its bootstrap
+        try:
+            await readmodel.versions.initialise()  # a brand-new one waits for its bootstrap
+        except NewerLayoutError as exc:
+            raise StartupError(str(exc)) from None
 
         producer = new_producer(settings)
         await start_client(producer, settings)
