@@ -19,13 +19,14 @@ from typing import Any, Literal, NamedTuple, cast
 from aiokafka import TopicPartition
 from redis.asyncio import Redis
 
-from .keyspace import Keyspace, Slot
+from .keyspace import Keyspace, Slot, entity_json, join_entity, split_entity
 from .projection import Collection
 from .redis import hget_each
 from .versions import ReadModelLostError
 
 EntityRef = tuple[str, str]  # (collection, key)
 Outcome = Literal["ok", "moved", "changed"]
+Part = Literal["json", "history"]  # of an entity's field (keyspace.py)
 
 FREEZE_POLL_S = 0.1
 
@@ -40,15 +41,17 @@ class Link(NamedTuple):  # a tuple: a batch makes one per lookup change
 
 @dataclass
 class Writes:
-    """The outcome of folding a batch: new entity states (None deletes), other fields written
-    (histories, parked events; None deletes) and lookup changes; and, from a snapshot, hashes'
-    fields written as they were exported."""
+    """The outcome of folding a batch: new entity states (None deletes) and histories, other
+    fields written (parked events, notes; None deletes) and lookup changes; and, from a snapshot,
+    hashes' fields written as they were exported, and entities' parts merged into their fields."""
 
     states: dict[EntityRef, bytes | None] = field(default_factory=dict)
+    histories: dict[EntityRef, bytes] = field(default_factory=dict)
     slots: dict[Slot, bytes | None] = field(default_factory=dict)
     linked: list[Link] = field(default_factory=list)
     unlinked: list[Link] = field(default_factory=list)
     hashes: dict[str, dict[str, bytes]] = field(default_factory=dict)  # hash -> field -> value
+    merged: list[tuple[EntityRef, Part, bytes]] = field(default_factory=list)
 
     def relink(self, collection: Collection[Any], ref: EntityRef, old: Any, new: Any) -> None:
         """Add the lookup changes of `ref` going from state `old` to `new` (None: absent)."""
@@ -122,8 +125,8 @@ end
 for _ = 1, tonumber(arg()) do
   if (redis.call('GET', key()) or '') ~= arg() then return 'moved' end
 end
--- Fields read (entities, then their histories): hash; field, then the value or '' when absent
--- (a value is never empty).
+-- Fields read (entities, with their histories): hash; field, then the value or '' when absent (a
+-- value is never empty).
 for _ = 1, tonumber(arg()) do
   k, a = k + 1, a + 2
   if (redis.call('HGET', KEYS[k], ARGV[a - 1]) or '') ~= ARGV[a] then return 'changed' end
@@ -132,8 +135,8 @@ end
 for _ = 1, tonumber(arg()) do
   redis.call('SET', key(), arg())
 end
--- Fields written (entities, then histories and parked events): hash; field, then the value or ''
--- to delete.
+-- Fields written (entities, with their histories, and parked events): hash; field, then the value
+-- or '' to delete.
 for _ = 1, tonumber(arg()) do
   k, a = k + 1, a + 2
   if ARGV[a] == '' then
@@ -141,6 +144,17 @@ for _ = 1, tonumber(arg()) do
   else
     redis.call('HSET', KEYS[k], ARGV[a - 1], ARGV[a])
   end
+end
+-- Entity fields merged (a snapshot's, whose entities and histories may come apart): hash; field,
+-- 'j' or 'h', then the entity's JSON or its history, the other part of the field kept.
+for _ = 1, tonumber(arg()) do
+  k, a = k + 1, a + 3
+  local stored = redis.call('HGET', KEYS[k], ARGV[a - 2]) or '\\0'
+  local cut = string.find(stored, '\\0', 1, true) or (#stored + 1)
+  local json, history = string.sub(stored, 1, cut - 1), string.sub(stored, cut + 1)
+  if ARGV[a - 1] == 'j' then json = ARGV[a] else history = ARGV[a] end
+  if history ~= '' then json = json .. '\\0' .. history end
+  redis.call('HSET', KEYS[k], ARGV[a - 2], json)
 end
 -- Hashes written as they are (a snapshot's): hash; how many fields, then field, value pairs,
 -- taken in one HSET (the cursor moves past them).
@@ -228,20 +242,22 @@ class Batches:
         if not refs:
             return {}
         found = await hget_each(self.redis, [self.keys.entity(*ref) for ref in refs])
-        return dict(zip(refs, found, strict=True))
+        return {ref: entity_json(stored) for ref, stored in zip(refs, found, strict=True)}
 
     async def read_with_histories(
         self, refs: Sequence[EntityRef]
-    ) -> tuple[dict[EntityRef, bytes | None], dict[EntityRef, tuple[Slot, bytes | None]]]:
-        """Each entity's stored JSON, and where its history (fold.py) is and what it holds, in
-        one round trip: what a fold reads, and what its commit guards."""
+    ) -> tuple[dict[EntityRef, bytes | None], dict[EntityRef, bytes | None]]:
+        """Each entity's stored JSON and its history (fold.py), None where absent, in one round
+        trip: what a fold reads, and what its commit guards."""
         keys = self.keys
-        history_slots = [keys.history(*ref) for ref in refs]
-        found = await hget_each(self.redis, [keys.entity(*ref) for ref in refs] + history_slots)
-        count = len(refs)
-        entities = dict(zip(refs, found[:count], strict=True))
-        histories = zip(refs, zip(history_slots, found[count:], strict=True), strict=True)
-        return entities, dict(histories)
+        slots = [keys.entity(*ref) for ref in refs]
+        if keys.inline_histories:
+            parts = [split_entity(stored) for stored in await hget_each(self.redis, slots)]
+        else:
+            found = await hget_each(self.redis, slots + [keys.history(*ref) for ref in refs])
+            parts = list(zip(found[: len(refs)], found[len(refs) :], strict=True))
+        entities = {ref: json for ref, (json, _) in zip(refs, parts, strict=True)}
+        return entities, {ref: history for ref, (_, history) in zip(refs, parts, strict=True)}
 
     async def read_slots(self, slots: Sequence[Slot]) -> dict[Slot, bytes | None]:
         """The value of each hash field (None: absent), in one round trip."""
@@ -260,16 +276,16 @@ class Batches:
         read: Mapping[EntityRef, bytes | None],
         writes: Writes,
         *,
-        guards: Mapping[Slot, bytes | None] | None = None,
+        histories: Mapping[EntityRef, bytes | None] | None = None,
         bootstrapping: bool = False,
     ) -> Outcome:
         """Write `writes` and the `new` positions if the stored positions are still `expected`
-        and the entities still as `read` (and other fields as `guards`): 'ok'. Else nothing is
+        and the entities still as `read`, with their `histories` as read: 'ok'. Else nothing is
         written: 'moved' when a position or the live version moved on (re-seek), 'changed' when
-        an entity or field read did (read and fold again). While a snapshot export holds the
+        an entity or history read did (read and fold again). While a snapshot export holds the
         freeze, it waits. Unless `bootstrapping`, raises ReadModelLostError while the live
         version waits for its bootstrap."""
-        keys, args = self._arguments(expected, new, read, guards or {}, writes, bootstrapping)
+        keys, args = self._arguments(expected, new, read, histories or {}, writes, bootstrapping)
         answer = await self.redis.eval(_COMMIT, len(keys), *keys, *args)
         return await self._outcome(answer, keys, args)
 
@@ -280,11 +296,11 @@ class Batches:
         read: Mapping[EntityRef, bytes | None],
         writes: Writes,
         *,
-        guards: Mapping[Slot, bytes | None] | None = None,
+        histories: Mapping[EntityRef, bytes | None] | None = None,
     ) -> "Sent":
         """commit(), written out on a connection of its own; `Sent.outcome()` reads its answer.
         What the caller does meanwhile overlaps the script running in Redis."""
-        keys, args = self._arguments(expected, new, read, guards or {}, writes, False)
+        keys, args = self._arguments(expected, new, read, histories or {}, writes, False)
         pool = self.redis.connection_pool
         connection = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
@@ -321,7 +337,7 @@ class Batches:
         expected: Mapping[TopicPartition, int | None],
         new: Mapping[TopicPartition, int],
         read: Mapping[EntityRef, bytes | None],
-        guards: Mapping[Slot, bytes | None],
+        histories: Mapping[EntityRef, bytes | None],
         writes: Writes,
         bootstrapping: bool,
     ) -> tuple[list[str], list[Any]]:
@@ -334,31 +350,47 @@ class Batches:
         for tp, offset in expected.items():
             names.append(keys.position(tp))
             args.append("" if offset is None else offset)
-        args.append(len(read) + len(guards))
+        # The fields read and written: with inline histories an entity and its history are one.
+        inline = keys.inline_histories
         slots = {ref: keys.entity(*ref) for ref in read}  # made once: most are written too
-        for ref, json in read.items():
-            hash_, name = slots[ref]
-            names.append(hash_)
-            args += (name, json or b"")
-        for (hash_, name), raw in guards.items():
+        guards: list[tuple[Slot, bytes | None]] = []
+        fields: list[tuple[Slot, bytes | None]] = []
+        if inline:
+            guards += [
+                (slots[ref], join_entity(json, histories.get(ref))) for ref, json in read.items()
+            ]
+            states, written = writes.states, writes.histories
+            for ref in states.keys() | written.keys():
+                json = states[ref] if ref in states else read[ref]
+                history = written[ref] if ref in written else histories.get(ref)
+                fields.append((slots.get(ref) or keys.entity(*ref), join_entity(json, history)))
+        else:
+            guards += [(slots[ref], json) for ref, json in read.items()]
+            guards += [(keys.history(*ref), history) for ref, history in histories.items()]
+            fields += [(slots.get(ref) or keys.entity(*ref), s) for ref, s in writes.states.items()]
+            fields += [(keys.history(*ref), raw) for ref, raw in writes.histories.items()]
+        args.append(len(guards))
+        for (hash_, name), raw in guards:
             names.append(hash_)
             args += (name, raw or b"")
         args.append(len(new))
         for tp, offset in new.items():
             names.append(keys.position(tp))
             args.append(offset)
-        args.append(len(writes.states) + len(writes.slots))
-        for ref, state in writes.states.items():
-            hash_, name = slots.get(ref) or keys.entity(*ref)
-            names.append(hash_)
-            args += (name, state or b"")
-        for (hash_, name), raw in writes.slots.items():
+        fields += writes.slots.items()
+        args.append(len(fields))
+        for (hash_, name), raw in fields:
             names.append(hash_)
             args += (name, raw or b"")
+        args.append(len(writes.merged))
+        for ref, part, raw in writes.merged:
+            hash_, name = keys.entity(*ref)
+            names.append(hash_)
+            args += (name, "j" if part == "json" else "h", raw)
         chunks = [
             (hash_, items[start : start + 1000])  # Lua's unpack() takes a few thousand
-            for hash_, fields in writes.hashes.items()
-            for items in [list(fields.items())]
+            for hash_, fields_of in writes.hashes.items()
+            for items in [list(fields_of.items())]
             for start in range(0, len(items), 1000)
         ]
         args.append(len(chunks))

@@ -365,19 +365,17 @@ def stored_writes(
     keys: Keyspace,
     collections: Mapping[str, Collection[Any]],
     before: Mapping[EntityRef, Any],
-    histories: Mapping[EntityRef, tuple[Slot, bytes | None]],
+    histories: Mapping[EntityRef, bytes | None],
 ) -> Writes:
-    """What the fold changed, as writes: entities and lookups, histories that changed (from
-    where and what `histories` held), the parked sequences' events and the index of parked
-    entities."""
+    """What the fold changed, as writes: entities and lookups, histories that changed (from what
+    `histories` held), the parked sequences' events and the index of parked entities."""
     writes = writes_for(collections, before, fold.states)
-    slots = writes.slots
+    slots, written = writes.slots, writes.histories
     parks = bool(fold.queues or fold.rewritten)  # else no entity has a parked sequence
     for ref, history in fold.histories.items():
         raw = history.dumps()
-        slot, before_raw = histories.get(ref) or (keys.history(*ref), None)
-        if raw != (before_raw or _EMPTY):
-            slots[slot] = raw
+        if raw != (histories.get(ref) or _EMPTY):
+            written[ref] = raw
         if parks:
             _store_parked(fold, keys, ref, history, slots)
     # A parked event replayed and applied in this very fold is applied: its note goes.

@@ -13,6 +13,12 @@ Lookups are stored by a hash of the value, not the value: crc32 picks the bucket
 it is the field, a small integer that a listpack stores in 5 bytes. The entity key is stored as
 it is, or a JSON list of keys when several share the field (commit.py writes them).
 
+Each entity's history (fold.py) shares its field: the value is the entity's JSON, a NUL byte, then
+the history (JSON never holds a raw NUL byte), or the JSON alone while it has none. An entity that
+does not exist but has a history (deleted, or awaited by parked events) is stored as the NUL byte
+and its history: readers of entities skip those (`entity_json`). Layouts before 3 kept histories in
+hashes of their own.
+
 This layout is stored data: changing a key, or what a value holds, needs a new read-model version
 (a rebuild) or a migration, and an upgrade test.
 """
@@ -22,9 +28,10 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
-# The layout this code writes. A live version written in an older one is served as it is while a
-# rebuild at start writes the next version in this one (service.py).
-LAYOUT = 2
+# The layout this code writes. A live version written in an older one is served, and written, in
+# its own layout while a rebuild at start writes the next version in this one (service.py).
+LAYOUT = 3
+INLINE_HISTORIES = 3  # the first layout that stores each history in its entity's field
 
 # Fixed for a layout: 1024 buckets of up to 512 entities keep 500k entities per collection compact;
 # beyond that the buckets become hash tables: still correct, less compact.
@@ -42,12 +49,38 @@ def bucket_of(key: str | bytes) -> int:
     return zlib.crc32(key.encode() if isinstance(key, str) else key) % BUCKETS
 
 
+def split_entity(stored: bytes | None) -> tuple[bytes | None, bytes | None]:
+    """An entity field's value as (the entity's JSON, its history), None for what it lacks. A
+    value of a layout before 3 is JSON alone."""
+    if not stored:
+        return None, None
+    json, _, history = stored.partition(b"\0")
+    return json or None, history or None
+
+
+def join_entity(json: bytes | None, history: bytes | None) -> bytes | None:
+    """The entity field's value that holds `json` and `history` (None: the field is deleted): the
+    JSON alone when there is no history, so that every value reads back as it was written."""
+    if history is None:
+        return json
+    return (json or b"") + b"\0" + history
+
+
+def entity_json(stored: bytes | None) -> bytes | None:
+    """The entity's JSON in an entity field's value, None when it does not exist."""
+    if stored is None:
+        return None
+    end = stored.find(0)
+    return (stored if end < 0 else stored[:end]) or None
+
+
 class Keyspace:
     """The keys of one service (`prefix`), those of the read model at `version`. The version moves
     when the read model this keyspace serves follows a swap (versions.py)."""
 
-    def __init__(self, prefix: str, version: int = 1) -> None:
+    def __init__(self, prefix: str, version: int = 1, layout: int = LAYOUT) -> None:
         self.prefix = prefix
+        self.in_layout = layout  # the version's (Versions.refresh() keeps it so)
         self._tag = tag = "{" + prefix + "}:"
         self.version = version
         self.pointer = tag + "version"  # the live version's number, which a rebuild swaps
@@ -72,7 +105,13 @@ class Keyspace:
         self.positions = versioned + "pos:*"
 
     def at(self, version: int) -> "Keyspace":
+        """The keys of another version, one written in this release's layout (a new one)."""
         return Keyspace(self.prefix, version)
+
+    @property
+    def inline_histories(self) -> bool:
+        """Whether this version stores each history in its entity's field (layout 3 on)."""
+        return self.in_layout >= INLINE_HISTORIES
 
     # ---------------------------------------------------------------- outside any version
     def command(self, command_id: str) -> str:
@@ -98,11 +137,20 @@ class Keyspace:
         return f"{self._versioned}e:{collection}:{zlib.crc32(key.encode()) % BUCKETS}", key
 
     def history(self, collection: str, key: str) -> Slot:
-        """The hash an entity's history lives in (fold.py), and its field there."""
+        """The hash an entity's history lives in (fold.py), and its field there, in layouts
+        before 3 (after: its entity's field)."""
         return f"{self._versioned}h:{collection}:{zlib.crc32(key.encode()) % BUCKETS}", key
 
     def history_bucket(self, collection: str, bucket: int) -> str:
         return f"{self._versioned}h:{collection}:{bucket}"
+
+    def parse_history_bucket(self, key: str | bytes) -> str | None:
+        """The collection of a history hash of this version (layouts before 3), else None."""
+        try:
+            collection, _ = self._rest(key, "h:").rsplit(":", 1)
+        except ValueError:
+            return None
+        return collection
 
     def parked_bucket(self, collection: str, bucket: int) -> str:
         return f"{self._versioned}pk:{collection}:{bucket}"
@@ -197,10 +245,10 @@ def layout() -> list[tuple[str, str]]:
             keys.rate("<principal digest>", "<minute>"),  # type: ignore[arg-type]
             "the commands a principal sent in that minute (COMMANDS_PER_MINUTE)",
         ),
-        (keys.bucket("<collection>", bucket), "hash: entity key -> entity JSON"),
         (
-            keys.history_bucket("<collection>", bucket),
-            "hash: entity key -> its history: events applied, order, partitions, parked",
+            keys.bucket("<collection>", bucket),
+            "hash: entity key -> entity JSON, NUL, its history (events applied, order,"
+            " partitions, parked); NUL and history alone for an entity that does not exist",
         ),
         (
             keys.parked_bucket("<collection>", bucket),

@@ -56,7 +56,6 @@ from .fold import (
 )
 from .kafka import Gap, GapError, Record, gaps, known_positions, reached, seek
 from .kafka.unreadable import Unreadable, UnreadableRecord, locate, readable_before
-from .keyspace import Slot
 from .observability import logs
 from .observability.instruments import Instruments
 from .projection import Registry
@@ -89,19 +88,18 @@ class EntityCache:
     def commit(
         self,
         read: Mapping[EntityRef, bytes | None],
-        histories: Mapping[EntityRef, tuple[Slot, bytes | None]],
+        histories: Mapping[EntityRef, bytes | None],
         writes: Writes,
     ) -> None:
         """Keep what a batch folded from `read` and `histories` left, once committed."""
         if not self._limit:
             return
-        entities, states, slots = self._entities, writes.states, writes.slots
+        entities, states, written = self._entities, writes.states, writes.histories
         for ref, json in read.items():
             if ref in self._contested:
                 continue
-            slot, history = histories[ref]
             entities.pop(ref, None)  # to the end: the oldest are let go first
-            entities[ref] = states.get(ref, json), slots.get(slot, history)
+            entities[ref] = states.get(ref, json), written.get(ref, histories[ref])
         for ref in list(islice(entities, max(0, len(entities) - self._limit))):
             del entities[ref]
 
@@ -129,7 +127,7 @@ class _Batch:
     started: float = field(default_factory=time.perf_counter)
     sent: set[tuple[str, int, int]] = field(default_factory=set)  # dead letters sent (sources)
     read: dict[EntityRef, bytes | None] = field(default_factory=dict)  # entities, as read
-    histories: dict[EntityRef, tuple[Slot, bytes | None]] = field(default_factory=dict)
+    histories: dict[EntityRef, bytes | None] = field(default_factory=dict)  # as read
     writes: Writes = field(default_factory=Writes)
     folded: Fold | None = None
     letters: list[DeadLetter] = field(default_factory=list)
@@ -487,16 +485,14 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
         current, histories = await self._batches.read_with_histories(
             [ref for ref in refs if ref not in cached]
         )
-        history_slot = self._batches.keys.history
         for ref, (entity, history) in cached.items():
-            current[ref], histories[ref] = entity, (history_slot(*ref), history)
+            current[ref], histories[ref] = entity, history
         if after is not None:
-            states, slots = after.writes.states, after.writes.slots
+            states, written = after.writes.states, after.writes.histories
             for ref in current.keys() & states.keys():
                 current[ref] = states[ref]
-            for ref, (slot, _) in histories.items():
-                if slot in slots:
-                    histories[ref] = slot, slots[slot]
+            for ref in histories.keys() & written.keys():
+                histories[ref] = written[ref]
         batch.read, batch.histories = current, histories
 
     async def _fold_read(self, batch: "_Batch") -> None:
@@ -516,9 +512,8 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
         """Write the batch's commit out; its answer is read later (`_commit_of`). The batch
         before it must have committed: Redis runs scripts in the order they arrive, and two
         sent from two connections may arrive in either order."""
-        guards = dict(batch.histories.values())
         batch.commit = await self._batches.send(
-            batch.expected, batch.new, batch.read, batch.writes, guards=guards
+            batch.expected, batch.new, batch.read, batch.writes, histories=batch.histories
         )
 
     async def _advance(
@@ -598,7 +593,7 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
         self,
         work: Work,
         current: Mapping[EntityRef, bytes | None],
-        stored: Mapping[EntityRef, tuple[Slot, bytes | None]],
+        stored: Mapping[EntityRef, bytes | None],
     ) -> tuple[Writes, Fold, list[DeadLetter]]:
         """Fold the batch onto the `current` states and `stored` histories (fold.py). While
         events raise, the batch is folded again after a wait (a fold is synchronous: nothing waits
@@ -607,7 +602,7 @@ class Projector(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
         before = states(collections, current)
 
         def histories() -> dict[EntityRef, History]:  # a fold changes those it is given
-            return {ref: History.loads(raw) for ref, (_, raw) in stored.items()}
+            return {ref: History.loads(raw) for ref, raw in stored.items()}
 
         first = histories()
         queues = await parked_sequences(self._batches, first)

@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from redis.asyncio import Redis
 
 from .commit import Batches, stored_positions
-from .keyspace import BUCKETS, Keyspace
+from .keyspace import BUCKETS, Keyspace, entity_json
 from .projection import Collection
 from .redis import hget_each
 from .versions import Versions
@@ -32,8 +32,9 @@ class InvalidCursorError(ValueError):
     """A page cursor this read model did not hand out."""
 
 
-# Up to ARGV[3] entries of the buckets KEYS (numbered from ARGV[1]) in (bucket, key) order,
-# skipping keys up to ARGV[2] in the first bucket: a flat list of bucket, key, entity JSON.
+# Up to ARGV[3] entities of the buckets KEYS (numbered from ARGV[1]) in (bucket, key) order,
+# skipping keys up to ARGV[2] in the first bucket: a flat list of bucket, key, entity JSON. A field
+# holds the JSON up to a NUL byte (its history follows), and none when it starts with one.
 _PAGE = """
 local first, after, limit = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
 local out = {}
@@ -41,9 +42,10 @@ for i, bucket in ipairs(KEYS) do
   local entries = redis.call('HGETALL', bucket)
   local keys, values = {}, {}
   for j = 1, #entries, 2 do
-    if i > 1 or entries[j] > after then
+    local cut = string.find(entries[j + 1], '\\0', 1, true)
+    if cut ~= 1 and (i > 1 or entries[j] > after) then
       keys[#keys + 1] = entries[j]
-      values[entries[j]] = entries[j + 1]
+      values[entries[j]] = cut and string.sub(entries[j + 1], 1, cut - 1) or entries[j + 1]
     end
   end
   table.sort(keys)
@@ -57,6 +59,17 @@ end
 return out
 """
 
+
+# How many fields of the hashes KEYS hold an entity (not only a history: those start with NUL).
+_COUNT = """
+local count = 0
+for _, bucket in ipairs(KEYS) do
+  for _, value in ipairs(redis.call('HVALS', bucket)) do
+    if string.byte(value, 1) ~= 0 then count = count + 1 end
+  end
+end
+return count
+"""
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -104,7 +117,7 @@ class Queries:
     async def get(self, collection: Collection[Any] | str, key: str) -> bytes | None:
         """The stored JSON of one entity, or None."""
         slot = self._keys.entity(_name(collection), key)
-        return cast(bytes | None, await self._redis.hget(*slot))
+        return entity_json(cast(bytes | None, await self._redis.hget(*slot)))
 
     async def page(
         self, collection: Collection[Any] | str, *, after: str | None, limit: int
@@ -144,15 +157,20 @@ class Queries:
         found = await hget_each(self._redis, slots)
         value_of = collection.lookups[lookup]
         # Skipped: values that share the hash, and entities deleted between the two reads.
+        entities = [entity_json(stored) for stored in found]
         return [
-            entity for entity in found if entity and value_of(collection.loads(entity)) == value
+            entity for entity in entities if entity and value_of(collection.loads(entity)) == value
         ]
 
     async def count(self, collection: Collection[Any] | str | None = None) -> int:
-        """How many entities `collection` (or every collection) holds."""
+        """How many entities `collection` (or every collection) holds: it reads them all."""
         pattern = self._keys.buckets("*" if collection is None else _name(collection))
         buckets = [key async for key in self._redis.scan_iter(match=pattern, count=1000)]
-        return await fields_in(self._redis, buckets)
+        counts = [
+            int(await self._redis.eval(_COUNT, len(chunk), *chunk))
+            for chunk in (buckets[start : start + 64] for start in range(0, len(buckets), 64))
+        ]
+        return sum(counts)
 
 
 async def fields_in(redis: Redis, hashes: Sequence[str | bytes]) -> int:

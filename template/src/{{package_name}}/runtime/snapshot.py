@@ -3,19 +3,29 @@
 Format. One export is a set of records, spread over the topic's partitions, each with the headers
 `snapshot.export` (the export's id) and `snapshot.kind`:
 
-    entity    key `<collection>:<entity key>`     value: the entity's JSON
-    hash      key `["<hash>", "<field>"]` (JSON)   value: as stored: the entities' histories,
-                                                  parked events and the parked index (keyspace.py)
+    entity    key `<collection>:<entity key>`     value: the entity's JSON; header
+                                                  `snapshot.history`: its history, if it has one
+    hash      key `["<hash>", "<field>"]` (JSON)   value: as stored: parked events, the parked
+                                                  index (keyspace.py), and the histories of
+                                                  entities that do not exist, as stored in
+                                                  layout 2 (`h:<collection>:<bucket>`)
     lookup    key `<collection>:<lookup>:<bucket>:<field>`
                                                   value: the lookup entry as stored (keyspace.py)
     position  key `<topic>:<partition>`           value: the next offset to apply there (ASCII)
     end       key `end`                           value: {"export", "entities", "positions",
-                                                          "lookups", "exported_at"} (JSON)
+                                                          "lookups", "layout", "exported_at"}
+                                                          (JSON)
 
 The `end` record is written only once every other record of the export is acknowledged, so an export
 without one is incomplete and ignored. Loading takes the last complete export: its entities, and its
 positions as where the projector starts on the upstream topics (from the earliest retained event
 where it has none). Once its `end` record is written, an export deletes the records before it.
+
+The format is the same whatever the layout (keyspace.py), so a release loads the exports of releases
+before and after it; `layout` in the `end` record names the layout exported (absent: before 3).
+An export of a layout before 3 carries every history as a `hash` record: loading it into a version
+that keeps histories in the entities' fields merges each entity and history into its field, in
+whichever order they come.
 
 Lookup entries are exported as they are stored, so loading writes them without decoding a single
 entity. `lookups` in the `end` record names the lookups exported, per collection. Where a
@@ -44,7 +54,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from redis.asyncio import Redis
 
-from .commit import EntityRef, Writes, decoded
+from .commit import EntityRef, Part, Writes, decoded
 from .kafka import (
     Record,
     delete_records_before,
@@ -53,7 +63,14 @@ from .kafka import (
     reached,
     seek,
 )
-from .keyspace import BUCKETS, Keyspace, bucket_of
+from .keyspace import (
+    BUCKETS,
+    INLINE_HISTORIES,
+    Keyspace,
+    bucket_of,
+    join_entity,
+    split_entity,
+)
 from .projection import Collection
 from .readmodel import ReadModel, fields_in
 from .settings import ServiceSettings
@@ -62,6 +79,7 @@ log = logging.getLogger(__name__)
 
 EXPORT = "snapshot.export"
 KIND = "snapshot.kind"
+HISTORY = "snapshot.history"
 FREEZE_TTL_S = 30
 ProgressCallback = Callable[[int, int], None]  # (done, total)
 
@@ -125,15 +143,30 @@ async def export(
             batch = filling.get(partition) or producer.create_batch()
             of_kind = [*headers, (KIND, kind)]
             for name, value in fields.items():
+                record_kind, record_headers = kind, of_kind
                 if kind == b"hash":
-                    record = {"key": orjson.dumps([prefix, name.decode()]), "value": value}
-                else:
-                    record = {"key": f"{prefix}:{name.decode()}".encode(), "value": value}
-                while batch.append(**record, timestamp=None, headers=of_kind) is None:  # full
+                    record_key, record_value = orjson.dumps([prefix, name.decode()]), value
+                elif kind == b"lookup":
+                    record_key, record_value = f"{prefix}:{name.decode()}".encode(), value
+                else:  # an entity, with its history in a header; or a history alone
+                    json, history = split_entity(value)
+                    if json is None:  # as a layout before 3 stored it, for any release to load
+                        hash_ = keys.relative(keys.history_bucket(prefix, bucket_of(name)))
+                        record_key, record_value = (
+                            orjson.dumps([hash_, name.decode()]),
+                            history or b"",
+                        )
+                        record_kind, record_headers = b"hash", [*headers, (KIND, b"hash")]
+                    else:
+                        record_key, record_value = f"{prefix}:{name.decode()}".encode(), json
+                        if history is not None:
+                            record_headers = [*of_kind, (HISTORY, history)]
+                record = {"key": record_key, "value": record_value, "headers": record_headers}
+                while batch.append(**record, timestamp=None) is None:  # full
                     sent.append(await producer.send_batch(batch, topic, partition=partition))
                     batch = producer.create_batch()
+                exported[record_kind] += 1
             filling[partition] = batch
-            exported[kind] += len(fields)
             if len(sent) >= 50:
                 await asyncio.gather(*sent)
                 sent = []
@@ -149,6 +182,7 @@ async def export(
             "entities": exported[b"entity"],
             "positions": len(positions),
             "lookups": {collection: sorted(names) for collection, names in lookups.items()},
+            "layout": keys.in_layout,
             "exported_at": datetime.now(UTC).isoformat(),
         }
         await producer.send_and_wait(
@@ -199,6 +233,7 @@ class _Batch:
     new: dict[TopicPartition, int] = field(default_factory=dict)  # positions on the data topic
     upstream: dict[TopicPartition, int] = field(default_factory=dict)  # on the upstream topics
     hashes: dict[str, dict[str, bytes]] = field(default_factory=dict)  # entities, lookup entries
+    merged: list[tuple[EntityRef, Part, bytes]] = field(default_factory=list)  # their parts
     entities: int = 0
     lookup_entries: int = 0
     unindexed: dict[EntityRef, bytes] = field(default_factory=dict)  # lookups to compute
@@ -307,6 +342,9 @@ class _Reader:
         }
         self._unindexed = indexed - self._as_exported
         self._keys = keys
+        self._inline = keys.inline_histories
+        # Entities of an export before layout 3 meet their histories in Redis (commit.py merges).
+        self._merge = self._inline and end.get("layout", 1) < INLINE_HISTORIES
         self._buckets = {  # per collection, the key of each of its buckets
             name: [keys.bucket(name, bucket) for bucket in range(BUCKETS)] for name in collections
         }
@@ -317,26 +355,32 @@ class _Reader:
         for tp, records in batches.items():
             batch.new[tp] = records[-1].offset + 1
             for record in records:
-                export = kind = None
+                export = kind = history = None
                 for name, value in record.headers:  # not dict(): this loop is most of the work
                     if name == KIND:
                         kind = value
                     elif name == EXPORT:
                         export = value
+                    elif name == HISTORY:
+                        history = value
                 if export != self._export or record.key is None or record.value is None:
                     continue
                 if kind == b"entity":
-                    self._entity(batch, record.key, record.value)
+                    self._entity(batch, record.key, record.value, history)
                 elif kind == b"lookup":
                     hashed, entry = record.key.decode().rsplit(":", 1)
                     if hashed.split(":", 1)[0] in self._as_exported:
                         key = self._lookups.get(hashed) or self._lookup_key(hashed)
                         batch.hashes.setdefault(key, {})[entry] = record.value
                         batch.lookup_entries += 1
-                elif kind == b"hash":  # histories, parked events
+                elif kind == b"hash":  # parked events, histories kept apart
                     relative, name = orjson.loads(record.key)
                     hash_ = self._keys.absolute(relative)
-                    batch.hashes.setdefault(hash_, {})[name] = record.value
+                    collection = self._keys.parse_history_bucket(hash_) if self._inline else None
+                    if collection is None:
+                        batch.hashes.setdefault(hash_, {})[name] = record.value
+                    else:  # into its entity's field, wherever the entity comes from
+                        batch.merged.append(((collection, name), "history", record.value))
                 elif kind == b"position":
                     topic_name, partition = record.key.decode().rsplit(":", 1)
                     batch.upstream[TopicPartition(topic_name, int(partition))] = int(record.value)
@@ -348,15 +392,23 @@ class _Reader:
         key = self._lookups[hashed] = self._keys.lookup_bucket(collection, lookup, int(bucket))
         return key
 
-    def _entity(self, batch: _Batch, raw_key: bytes, value: bytes) -> None:
+    def _entity(self, batch: _Batch, raw_key: bytes, value: bytes, history: bytes | None) -> None:
         prefix, _, raw = raw_key.partition(b":")  # <collection>:<entity key>
         collection = prefix.decode()
         buckets = self._buckets.get(collection)
         if buckets is None:
             log.warning("snapshot entity of unknown collection %r skipped", collection)
             return
-        key = raw.decode()
-        batch.hashes.setdefault(buckets[bucket_of(raw)], {})[key] = value
+        key, bucket = raw.decode(), bucket_of(raw)
+        if not self._inline:
+            batch.hashes.setdefault(buckets[bucket], {})[key] = value
+            if history is not None:
+                history_bucket = self._keys.history_bucket(collection, bucket)
+                batch.hashes.setdefault(history_bucket, {})[key] = history
+        elif self._merge:  # its history, if any, comes in a record of its own
+            batch.merged.append(((collection, key), "json", value))
+        else:
+            batch.hashes.setdefault(buckets[bucket], {})[key] = join_entity(value, history) or b""
         batch.entities += 1
         if collection in self._unindexed:
             batch.unindexed[(collection, key)] = value
@@ -365,7 +417,7 @@ class _Reader:
 def _writes(collections: Mapping[str, Collection[Any]], batch: _Batch) -> Writes:
     """The exported entities and lookup entries as they are; only the entities of collections
     whose lookups must be computed again are decoded, to write those."""
-    writes = Writes(hashes=batch.hashes)
+    writes = Writes(hashes=batch.hashes, merged=batch.merged)
     for ref, entity in decoded(collections, batch.unindexed).items():
         writes.relink(collections[ref[0]], ref, None, entity)
     return writes

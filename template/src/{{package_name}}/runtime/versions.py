@@ -67,7 +67,7 @@ class Versions:
     def __init__(self, redis: Redis, keys: Keyspace) -> None:
         self.redis = redis
         self.keys = keys
-        self._readable: int | None = None  # the version whose layout was found readable
+        self._readable: tuple[int, int] | None = None  # a version found readable, its layout
 
     async def initialise(self) -> bool:
         """Point at version 1, marked as waiting for its bootstrap, if nothing does yet (both at
@@ -104,12 +104,13 @@ class Versions:
             self._readable = None  # whoever creates it again may be of another release
             raise ReadModelLostError(f"no read model version at {self.keys.pointer}")
         version = int(current)
-        if version != self._readable:
+        if self._readable is None or version != self._readable[0]:
             layout = int(await self.redis.get(self.keys.at(version).layout) or 1)
             if layout > LAYOUT:
                 raise NewerLayoutError(version, layout)
-            self._readable = version
-        moved, self.keys.version = version != self.keys.version, version
+            self._readable = version, layout
+        moved = version != self.keys.version
+        self.keys.version, self.keys.in_layout = self._readable
         return moved
 
     async def swap(self, version: int) -> None:

@@ -68,7 +68,7 @@ async def release(
         dead_letters = DeadLetters(c.producer, settings.dlq_topic)
         while True:
             current, stored = await batches.read_with_histories([ref])
-            history = History.loads(stored[ref][1])
+            history = History.loads(stored[ref])
             if not history.parked:
                 raise NotParkedError(f"{ref[0]}/{ref[1]} has no parked events")
             before = states(registry.collections, current)
@@ -90,7 +90,7 @@ async def release(
                 for item in skipped
             ]
             await dead_letters.send(letters)  # before the commit that drops them
-            committed = await batches.commit({}, {}, current, writes, guards=dict(stored.values()))
+            committed = await batches.commit({}, {}, current, writes, histories=stored)
             if committed == "ok":
                 break
         for item in skipped:
