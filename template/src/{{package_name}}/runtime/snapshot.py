@@ -21,11 +21,11 @@ without one is incomplete and ignored. Loading takes the last complete export: i
 positions as where the projector starts on the upstream topics (from the earliest retained event
 where it has none). Once its `end` record is written, an export deletes the records before it.
 
-The format is the same whatever the layout (keyspace.py), so a release loads the exports of releases
-before and after it; `layout` in the `end` record names the layout exported (absent: before 3).
-An export of a layout before 3 carries every history as a `hash` record: loading it into a version
-that keeps histories in the entities' fields merges each entity and history into its field, in
-whichever order they come.
+The format is the same whatever the layout (keyspace.py); `layout` in the `end` record names the
+layout exported (absent: before 3). An export of a layout before 3 carries every history as a
+`hash` record: loading it into a version that keeps histories in the entities' fields merges each
+entity and history into its field, in whichever order they come. Releases before layout 3 ignore
+the `snapshot.history` header: they load such an export without the existing entities' histories.
 
 Lookup entries are exported as they are stored, so loading writes them without decoding a single
 entity. `lookups` in the `end` record names the lookups exported, per collection. Where a
