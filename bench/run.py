@@ -539,13 +539,20 @@ class Footprint:
 
     entities: int
     total: float  # every key of the read model
-    alone: float  # the entity hashes
-    histories: float
+    fields: float  # the entity hashes: each entity's JSON with its history
+    lookups: float  # the lookup hashes
     json: float  # an entity's JSON
 
     @property
     def ratio(self) -> float:
         return self.total / self.json
+
+    def parts(self) -> str:
+        """Where the bytes go, for a figure's note."""
+        return (
+            f"entity fields (JSON and history: the last 8 events applied, to skip redeliveries)"
+            f" {self.fields:.0f} B ({self.fields / self.json:.2f}x), lookups {self.lookups:.0f} B"
+        )
 
 
 async def footprint(prefix: str) -> Footprint:
@@ -556,6 +563,7 @@ async def footprint(prefix: str) -> Footprint:
     redis = Redis.from_url(REDIS)
     try:
         readmodel = ReadModel(redis, prefix)
+        await readmodel.versions.refresh()
         keyspace = readmodel.keys
         keys = [key async for key in redis.scan_iter(match=keyspace.everything, count=1000)]
         usages: list[int | None] = []
@@ -565,17 +573,19 @@ async def footprint(prefix: str) -> Footprint:
                     pipe.memory_usage(key, samples=0)
                 usages += await pipe.execute()
         used = dict(zip(keys, usages, strict=True))
-        entity_hashes = {key async for key in redis.scan_iter(match=keyspace.buckets(), count=1000)}
-        history_hashes = {
-            key async for key in redis.scan_iter(match=keyspace.per_entity()[0], count=1000)
-        }
+
+        async def bytes_of(pattern: str) -> int:
+            return sum(
+                [used.get(key) or 0 async for key in redis.scan_iter(match=pattern, count=1000)]
+            )
+
         entities = await readmodel.queries.count("personas")
         page, _ = await readmodel.queries.page("personas", after=None, limit=5000)
         return Footprint(
             entities,
             sum(usage or 0 for usage in usages) / entities,
-            sum(used[key] or 0 for key in entity_hashes) / entities,
-            sum(used[key] or 0 for key in history_hashes) / entities,
+            await bytes_of(keyspace.buckets()) / entities,
+            await bytes_of(keyspace.lookup_buckets()) / entities,
             statistics.mean(len(value) for value in page),
         )
     finally:
@@ -584,11 +594,7 @@ async def footprint(prefix: str) -> Footprint:
 
 async def memory(settings: Any) -> Figure:
     used = await footprint(settings.redis_key_prefix)
-    note = (
-        f"{used.entities:,} entities, JSON {used.json:.0f} B each; their histories (the last 8"
-        f" events applied to each, to skip redeliveries) {used.histories:.0f} B; the entities"
-        f" alone {used.alone:.0f} B ({used.alone / used.json:.2f}x)"
-    )
+    note = f"{used.entities:,} entities, JSON {used.json:.0f} B each; {used.parts()}"
     return Figure(
         "Redis memory per entity", used.total, used.json, "bytes", used.ratio, 1.5, False, note
     )
@@ -635,8 +641,7 @@ async def growth(run: str, sizes: tuple[int, int]) -> list[Figure]:
             used[many].ratio,
             1.5,
             False,
-            f"{used[few].ratio:.2f}x with {few:,} ({used[few].total:.0f} B); histories"
-            f" {used[many].histories:.0f} B, the entities alone {used[many].alone:.0f} B",
+            f"{used[few].ratio:.2f}x with {few:,} ({used[few].total:.0f} B); {used[many].parts()}",
         ),
     ]
 
