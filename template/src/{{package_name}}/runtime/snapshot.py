@@ -145,23 +145,20 @@ async def export(
             for name, value in fields.items():
                 record_kind, record_headers = kind, of_kind
                 if kind == b"hash":
-                    record_key, record_value = orjson.dumps([prefix, name.decode()]), value
+                    record_key = orjson.dumps([prefix, name.decode()])
                 elif kind == b"lookup":
-                    record_key, record_value = f"{prefix}:{name.decode()}".encode(), value
+                    record_key = f"{prefix}:{name.decode()}".encode()
                 else:  # an entity, with its history in a header; or a history alone
                     json, history = split_entity(value)
                     if json is None:  # as a layout before 3 stored it, for any release to load
                         hash_ = keys.relative(keys.history_bucket(prefix, bucket_of(name)))
-                        record_key, record_value = (
-                            orjson.dumps([hash_, name.decode()]),
-                            history or b"",
-                        )
+                        record_key, value = orjson.dumps([hash_, name.decode()]), history or b""
                         record_kind, record_headers = b"hash", [*headers, (KIND, b"hash")]
                     else:
-                        record_key, record_value = f"{prefix}:{name.decode()}".encode(), json
+                        record_key, value = f"{prefix}:{name.decode()}".encode(), json
                         if history is not None:
                             record_headers = [*of_kind, (HISTORY, history)]
-                record = {"key": record_key, "value": record_value, "headers": record_headers}
+                record = {"key": record_key, "value": value, "headers": record_headers}
                 while batch.append(**record, timestamp=None) is None:  # full
                     sent.append(await producer.send_batch(batch, topic, partition=partition))
                     batch = producer.create_batch()
