@@ -380,14 +380,18 @@ async def project(settings: Any, prefix: str, topic: str, count: int) -> float:
         return count / (time.perf_counter() - start)
 
 
-def project_in_processes(run: str, src: Path, prefix: str, partitions: int, count: int) -> float:
-    """Events/s of one projector process per partition into one read model, as instances of a
-    consumer group share the partitions: what cores beyond the first buy."""
+def project_in_processes(
+    run: str, src: Path, prefix: str, groups: list[list[int] | None], count: int
+) -> float:
+    """Events/s of a projector process per group of partitions (None: all of them) into one read
+    model, each a fresh interpreter as `serve` starts one: one group is the service's projector,
+    one per partition the instances of a consumer group sharing them, what cores beyond the
+    first buy."""
     spawn = multiprocessing.get_context("spawn")  # a fresh interpreter: nothing of this loop
     ready, go, done = spawn.Queue(), spawn.Event(), spawn.Queue()
     processes = [
-        spawn.Process(target=_projector_process, args=(run, src, prefix, n, ready, go, done))
-        for n in range(partitions)
+        spawn.Process(target=_projector_process, args=(run, src, prefix, group, ready, go, done))
+        for group in groups
     ]
     for process in processes:
         process.start()
@@ -405,7 +409,7 @@ def project_in_processes(run: str, src: Path, prefix: str, partitions: int, coun
 
 
 def _projector_process(
-    run: str, src: Path, prefix: str, partition: int, ready: Any, go: Any, done: Any
+    run: str, src: Path, prefix: str, partitions: list[int] | None, ready: Any, go: Any, done: Any
 ) -> None:
     sys.path.insert(0, str(src))
     from personabff.runtime.service import tune_gc
@@ -414,8 +418,8 @@ def _projector_process(
         tune_gc()  # as `serve` does
         settings = settings_for(run)
         [topic] = settings.upstream_topics
-        async with projector_over(settings, prefix, topic, [partition]) as (projector, end):
-            ready.put(partition)
+        async with projector_over(settings, prefix, topic, partitions) as (projector, end):
+            ready.put(partitions)
             await asyncio.to_thread(go.wait)  # the loop runs meanwhile, as it fetches
             await projector.run(until=end)
             done.put(time.time())
@@ -450,10 +454,14 @@ async def projection(run: str, src: Path, count: int, rounds: int) -> tuple[list
         raw.append(await raw_consume(topic, count))
         prototype.append(await prototype_consume(f"{run}r{n}", topic, count))
         prefix = settings.redis_key_prefix if n == 0 else f"{settings.redis_key_prefix}.r{n}"
-        service.append(await project(settings, prefix, topic, count))
+        service.append(
+            await asyncio.to_thread(project_in_processes, run, src, prefix, [None], count)
+        )
         processes = f"{settings.redis_key_prefix}.p{n}"
         scaled.append(
-            await asyncio.to_thread(project_in_processes, run, src, processes, partitions, count)
+            await asyncio.to_thread(
+                project_in_processes, run, src, processes, [[p] for p in range(partitions)], count
+            )
         )
         for name in PEERS:
             slug = name.split()[0].lower()
