@@ -245,21 +245,22 @@ class Fold:
     # ------------------------------------------------------------------ the rules
     def _event(self, index: int, record: Record, change: Change) -> None:
         ref = (change.collection.name, change.key)
-        history = self.histories.setdefault(ref, History())
+        history = self.histories.get(ref)
+        if history is None:  # not setdefault(), which would build a History for every event
+            history = self.histories[ref] = History()
         if history.parked:
             creates = history.why == "missing" and change.missing == "apply"
             if not (creates and self.states.get(ref) is None):
                 self._park(ref, Parked(record, change), history.why or "failed", None)
                 return
             waiting = self._unpark(ref)
-            self._step(index, record, change)
+            self._step(ref, index, record, change)
             for parked in waiting:
                 self._replay(ref, parked)
             return
-        self._step(index, record, change)
+        self._step(ref, index, record, change)
 
-    def _step(self, index: int | None, record: Record, change: Change) -> None:
-        ref = (change.collection.name, change.key)
+    def _step(self, ref: EntityRef, index: int | None, record: Record, change: Change) -> None:
         history = self.histories[ref]
         if history.parked:  # parked again while a sequence was replayed
             self._park(ref, Parked(record, change), history.why or "failed", None)
@@ -313,7 +314,7 @@ class Fold:
             except InvalidEventError as exc:  # its contract changed since it was parked
                 self._letter(parked.record, exc)
                 return
-        self._step(None, parked.record, parked.change)
+        self._step(ref, None, parked.record, parked.change)
 
     def _park(self, ref: EntityRef, parked: Parked, why: Why, error: str | None) -> None:
         history = self.histories[ref]
