@@ -13,6 +13,8 @@ KAFKA_BOOTSTRAP_SERVERS and REDIS_URL (`make bench` starts both):
     bootstrap   snapshot records/s loaded       vs raw consume of the data topic
     saga        command -> reply round trip     p50 and p99, absolute
     memory      Redis bytes per entity          vs the entity's JSON size
+    stages      us an event of the projector's  where its CPU goes, without I/O
+                in-memory stages
 
 It prints each figure with its ratio and target (machines here are noisy and shared, so only
 ratios measured in the same run mean anything, and each ratio is the median of rounds in which
@@ -35,11 +37,12 @@ import sys
 import tempfile
 import time
 import uuid
+import zlib
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -380,13 +383,19 @@ async def project(settings: Any, prefix: str, topic: str, count: int) -> float:
         return count / (time.perf_counter() - start)
 
 
+@dataclass
+class Projected:
+    rate: float  # events/s
+    cpu: float  # CPU seconds of the projector processes, together
+    wall: float  # seconds
+
+
 def project_in_processes(
     run: str, src: Path, prefix: str, groups: list[list[int] | None], count: int
-) -> float:
-    """Events/s of a projector process per group of partitions (None: all of them) into one read
-    model, each a fresh interpreter as `serve` starts one: one group is the service's projector,
-    one per partition the instances of a consumer group sharing them, what cores beyond the
-    first buy."""
+) -> Projected:
+    """A projector process per group of partitions (None: all of them) into one read model, each
+    a fresh interpreter as `serve` starts one: one group is the service's projector, one per
+    partition the instances of a consumer group sharing them, what cores beyond the first buy."""
     spawn = multiprocessing.get_context("spawn")  # a fresh interpreter: nothing of this loop
     ready, go, done = spawn.Queue(), spawn.Event(), spawn.Queue()
     processes = [
@@ -401,7 +410,8 @@ def project_in_processes(
         start = time.time()
         go.set()
         finished = [done.get(timeout=600) for _ in processes]
-        return count / (max(finished) - start)
+        wall = max(end for end, _ in finished) - start
+        return Projected(count / wall, sum(cpu for _, cpu in finished), wall)
     finally:
         for process in processes:
             process.join(timeout=30)
@@ -421,8 +431,9 @@ def _projector_process(
         async with projector_over(settings, prefix, topic, partitions) as (projector, end):
             ready.put(partitions)
             await asyncio.to_thread(go.wait)  # the loop runs meanwhile, as it fetches
+            cpu = time.process_time()
             await projector.run(until=end)
-            done.put(time.time())
+            done.put((time.time(), time.process_time() - cpu))
 
     asyncio.run(main())
 
@@ -444,6 +455,8 @@ async def projection(run: str, src: Path, count: int, rounds: int) -> tuple[list
     raw: list[float] = []
     prototype: list[float] = []
     service: list[float] = []
+    cpu: list[float] = []  # the projector's CPU microseconds an event
+    busy: list[float] = []  # its share of the run on a core
     scaled: list[float] = []
     peers: dict[str, list[float]] = {name: [] for name in PEERS}
     for n in range(rounds):
@@ -454,14 +467,14 @@ async def projection(run: str, src: Path, count: int, rounds: int) -> tuple[list
         raw.append(await raw_consume(topic, count))
         prototype.append(await prototype_consume(f"{run}r{n}", topic, count))
         prefix = settings.redis_key_prefix if n == 0 else f"{settings.redis_key_prefix}.r{n}"
-        service.append(
-            await asyncio.to_thread(project_in_processes, run, src, prefix, [None], count)
-        )
+        one = await asyncio.to_thread(project_in_processes, run, src, prefix, [None], count)
+        service.append(one.rate)
+        cpu.append(one.cpu / count * 1e6)
+        busy.append(one.cpu / one.wall)
         processes = f"{settings.redis_key_prefix}.p{n}"
+        groups: list[list[int] | None] = [[p] for p in range(partitions)]
         scaled.append(
-            await asyncio.to_thread(
-                project_in_processes, run, src, processes, [[p] for p in range(partitions)], count
-            )
+            (await asyncio.to_thread(project_in_processes, run, src, processes, groups, count)).rate
         )
         for name in PEERS:
             slug = name.split()[0].lower()
@@ -489,7 +502,8 @@ async def projection(run: str, src: Path, count: int, rounds: int) -> tuple[list
             1.2,
             True,
             f"the faster peer of each round ({leader} in {leaders.count(leader)} of {rounds});"
-            f" {timed}; {note}",
+            f" {timed}; the projector took {statistics.median(cpu):.1f} us of CPU an event, busy"
+            f" {statistics.median(busy):.0%} of its run; {note}",
         ),
         Figure(
             f"projection, {partitions} processes, vs the best peer",
@@ -539,6 +553,111 @@ async def projection(run: str, src: Path, count: int, rounds: int) -> tuple[list
         ),
     ]
     return figures, settings
+
+
+@dataclass
+class StageRecord:
+    """A consumed record as the projector reads it (kafka/records.py)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes | None]]
+
+
+STAGES = {  # the projector's work on a batch in memory, in its order, and what each is
+    "validate": "validating events: one pydantic pass over each CloudEvent and its data",
+    "cache": "finding the batch's entities in the projector's entity cache",
+    "decode": "decoding the stored entities (pydantic)",
+    "histories": "decoding the entities' histories",
+    "fold": "folding: the de-duplication, ordering and parking rules",
+    "projections": "the projection functions (user code: pydantic models built or copied)",
+    "writes": "building the writes: encoding entities (pydantic) and histories, lookup changes",
+    "arguments": "building the commit script's keys and arguments",
+    "packing": "packing the commit into a Redis command (hiredis)",
+    "keeping": "keeping what the batch committed in the entity cache",
+}
+
+
+def stages(settings: Any, count: int, passes: int = 3) -> dict[str, float]:
+    """Microseconds an event of each in-memory stage of the projector (STAGES), the best of
+    `passes` over `count` events as the projection figures' (creates, then renames), in batches
+    of the service's size, through the projector's own functions. What it leaves out is I/O:
+    Redis reads and the commit's round trip, and aiokafka fetching and unpacking records."""
+    from personabff.projections import REGISTRY
+    from personabff.runtime.commit import Batches, states
+    from personabff.runtime.fold import Fold, History, stored_writes
+    from personabff.runtime.keyspace import Keyspace
+    from personabff.runtime.projector import EntityCache, _Batch
+    from personabff.runtime.redis import HiredisConnection
+
+    records = [
+        StageRecord("events", zlib.crc32(key) % 3, n, key, value, [])
+        for n, (key, value) in enumerate(persona_events(count))
+    ]
+    size = settings.consumer_max_batch
+    keys = Keyspace(settings.redis_key_prefix)
+    batches = Batches(cast(Any, None), keys)  # builds arguments only: no Redis
+    pack = HiredisConnection().pack_command
+    timed = [0.0]  # seconds in the projection functions, this batch
+
+    def timing(apply: Any) -> Any:
+        def timed_apply(state: Any, event: Any) -> Any:
+            begun = time.perf_counter()
+            try:
+                return apply(state, event)
+            finally:
+                timed[0] += time.perf_counter() - begun
+
+        return timed_apply
+
+    best = dict.fromkeys(STAGES, float("inf"))
+    for _ in range(passes):
+        cache = EntityCache(settings.projector_cached_entities)
+        spent = dict.fromkeys(STAGES, 0.0)
+        for start in range(0, count, size):
+            clock = [time.perf_counter()]
+            work = [
+                (r, REGISTRY.read(r.value, r.headers)[1]) for r in records[start : start + size]
+            ]
+            for _, changes in work:  # the projection functions, timed apart
+                for change in changes:
+                    change.apply = timing(change.apply)
+            clock.append(time.perf_counter())
+            refs = _Batch({}, {}, work, []).refs()
+            cached = cache.get(refs)
+            read = {ref: cached[ref][0] if ref in cached else None for ref in refs}
+            stored = {ref: cached[ref][1] if ref in cached else None for ref in refs}
+            clock.append(time.perf_counter())
+            before = states(REGISTRY.collections, read)
+            clock.append(time.perf_counter())
+            histories = {ref: History.loads(raw) for ref, raw in stored.items()}
+            clock.append(time.perf_counter())
+            folded = Fold(
+                before,
+                histories,
+                {},
+                window=settings.idempotence_window,
+                park_max=settings.park_max_events,
+            ).run(work)
+            folding = time.perf_counter() - clock[-1]
+            clock.append(clock[-1] + folding - timed[0])  # the rules: without the projections
+            clock.append(clock[-1] + timed[0])
+            timed[0] = 0.0
+            writes = stored_writes(folded, keys, REGISTRY.collections, before, stored)
+            clock.append(time.perf_counter())
+            names, args = batches._arguments({}, {}, read, stored, writes, False)
+            clock.append(time.perf_counter())
+            pack("EVALSHA", "0" * 40, len(names), *names, *args)
+            clock.append(time.perf_counter())
+            cache.commit(read, stored, writes)
+            clock.append(time.perf_counter())
+            for stage, begun, ended in zip(STAGES, clock[:-1], clock[1:], strict=True):
+                spent[stage] += ended - begun
+        best = {stage: min(best[stage], spent[stage] / count * 1e6) for stage in STAGES}
+    return best
 
 
 @dataclass
@@ -909,6 +1028,22 @@ def report(figures: list[Figure], mode: str) -> str:
     return "\n".join(lines)
 
 
+def stage_table(spent: dict[str, float]) -> str:
+    total = sum(spent.values())
+    title = (
+        f"Where one projector's CPU goes in memory: {total:.1f} us an event in all (`stages`:"
+        " the best of 3 passes over the projection figures' events, without I/O)."
+    )
+    lines = [
+        title,
+        "",
+        "| stage | us an event | share |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {STAGES[stage]} | {us:.2f} | {us / total:.0%} |" for stage, us in spent.items()]
+    return "\n".join(lines)
+
+
 def plot(figures: list[Figure]) -> None:
     import matplotlib
 
@@ -950,7 +1085,7 @@ def write_page(table: str) -> None:
     PAGE.write_text(f"{before}{start}\n{table}\n\n![Benchmarks](img/benchmarks.png)\n{end}{after}")
 
 
-async def measure(project: Path, quick: bool) -> list[Figure]:
+async def measure(project: Path, quick: bool) -> tuple[list[Figure], dict[str, float]]:
     from personabff.runtime.service import tune_gc
 
     tune_gc()  # as `serve` does at start: what the service measured here runs with
@@ -963,7 +1098,8 @@ async def measure(project: Path, quick: bool) -> list[Figure]:
         figures += await saga(f"{run}saga", 300 if quick else 1000)
         figures += await asyncio.to_thread(query, project, settings, 3 if quick else 10, 7)
         figures += await growth(run, (10_000, 100_000) if quick else (10_000, 1_000_000))
-        return figures
+        say(f"stages: the projector's in-memory stages over {count:,} events")
+        return figures, stages(settings, count)
     finally:
         async with Redis.from_url(REDIS) as redis:
             keys = [key async for key in redis.scan_iter(match=f"*{run}*", count=1000)]
@@ -1000,13 +1136,18 @@ def main() -> None:
     mode = "quick" if args.quick else "full"
     with generated_service() as project:
         importlib.invalidate_caches()
-        figures = asyncio.run(measure(project, args.quick))
-    table = report(figures, mode)
+        figures, spent = asyncio.run(measure(project, args.quick))
+    table = report(figures, mode) + "\n\n" + stage_table(spent)
     print(table)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(
         json.dumps(
-            {"mode": mode, "figures": [asdict(f) | {"met": f.met} for f in figures]}, indent=2
+            {
+                "mode": mode,
+                "figures": [asdict(f) | {"met": f.met} for f in figures],
+                "stages_us_per_event": spent,
+            },
+            indent=2,
         )
     )
     plot(figures)
