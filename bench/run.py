@@ -567,6 +567,8 @@ class StageRecord:
     headers: list[tuple[str, bytes | None]]
 
 
+STAGE_PASSES = 3  # the best of them is shown: a pass slowed by the machine is not
+
 STAGES = {  # the projector's work on a batch in memory, in its order, and what each is
     "validate": "validating events: one pydantic pass over each CloudEvent and its data",
     "cache": "finding the batch's entities in the projector's entity cache",
@@ -581,9 +583,9 @@ STAGES = {  # the projector's work on a batch in memory, in its order, and what 
 }
 
 
-def stages(settings: Any, count: int, passes: int = 3) -> dict[str, float]:
+def stages(settings: Any, count: int) -> dict[str, float]:
     """Microseconds an event of each in-memory stage of the projector (STAGES), the best of
-    `passes` over `count` events as the projection figures' (creates, then renames), in batches
+    STAGE_PASSES over `count` events as the projection figures' (creates, then renames), in batches
     of the service's size, through the projector's own functions. What it leaves out is I/O:
     Redis reads and the commit's round trip, and aiokafka fetching and unpacking records."""
     from personabff.projections import REGISTRY
@@ -614,7 +616,7 @@ def stages(settings: Any, count: int, passes: int = 3) -> dict[str, float]:
         return timed_apply
 
     best = dict.fromkeys(STAGES, float("inf"))
-    for _ in range(passes):
+    for _ in range(STAGE_PASSES):
         cache = EntityCache(settings.projector_cached_entities)
         spent = dict.fromkeys(STAGES, 0.0)
         for start in range(0, count, size):
@@ -1032,7 +1034,7 @@ def stage_table(spent: dict[str, float]) -> str:
     total = sum(spent.values())
     title = (
         f"Where one projector's CPU goes in memory: {total:.1f} us an event in all (`stages`:"
-        " the best of 3 passes over the projection figures' events, without I/O)."
+        f" the best of {STAGE_PASSES} passes over the projection figures' events, without I/O)."
     )
     lines = [
         title,
