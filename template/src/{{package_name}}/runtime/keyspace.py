@@ -3,15 +3,18 @@
 All keys share the hash tag `{<prefix>}`, so one script may touch any of them, also on Redis
 Cluster, where they all live in one slot. LAYOUT lists them (docs/design.md shows the same table).
 
-Entities live in BUCKETS hashes per collection (bucket = crc32(key) % BUCKETS), not a key each: a
-small hash is stored as one compact listpack, where a key per entity costs ~100 bytes of overhead on
-top of its JSON. For the compact encoding, Redis' `hash-max-listpack-value` must exceed the largest
-entity JSON and `hash-max-listpack-entries` the entities per bucket (scripts/redis.sh and
-compose.yaml set 1024 and 512; without them it is still correct, only larger).
+Entities live in buckets, hashes of a collection (bucket = crc32(key) % the version's bucket
+count), not a key each: a small hash is stored as one compact listpack, where a key per entity
+costs ~100 bytes of overhead on top of its JSON. For the compact encoding, Redis'
+`hash-max-listpack-value` must exceed the largest entity JSON and `hash-max-listpack-entries` the
+entities per bucket (scripts/redis.sh and compose.yaml set 1024 and 512; without them it is still
+correct, only larger). A version starts with FIRST_BUCKETS buckets, records its count, and is
+copied into one with more as its collections grow (growth.py).
 
-Lookups are stored by a hash of the value, not the value: crc32 picks the bucket and the rest of
-it is the field, a small integer that a listpack stores in 5 bytes. The entity key is stored as
-it is, or a JSON list of keys when several share the field (commit.py writes them).
+Lookups are stored by a hash of the value, not the value: crc32 picks the bucket and the rest of it
+is the field, a small integer that a listpack stores in 5 bytes (`lookup_digest` undoes it). The
+entity key is stored as it is, or a JSON list of keys when several share the field (commit.py writes
+them).
 
 Each entity's history (fold.py) shares its field: the value is the entity's JSON, a NUL byte, then
 the history (JSON never holds a raw NUL byte), or the JSON alone while it has none. An entity that
@@ -28,14 +31,17 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
-# The layout this code writes. A live version written in an older one is served, and written, in
-# its own layout while a rebuild at start writes the next version in this one (service.py).
-LAYOUT = 3
+# The layout this code writes. A live version written in a layout before IN_PLACE is served, and
+# written, in its own layout while a rebuild at start writes the next version in this one
+# (service.py). Layout 4 records the bucket count, which grows (absent: LEGACY_BUCKETS): a version
+# of layout 3 is one of layout 4 with 1024 buckets, read and written as it is.
+LAYOUT = 4
 INLINE_HISTORIES = 3  # the first layout that stores each history in its entity's field
+IN_PLACE = 3  # the oldest layout this release writes without rebuilding it first
 
-# Fixed for a layout: 1024 buckets of up to 512 entities keep 500k entities per collection compact;
-# beyond that the buckets become hash tables: still correct, less compact.
-BUCKETS = 1024
+FIRST_BUCKETS = 64  # of a new version: growth.py multiplies them as its collections grow
+LEGACY_BUCKETS = 1024  # of every version of a layout before 4, which records none
+MAX_BUCKETS = 1 << 20  # what page cursors allow for
 
 # Per partition, the events not applied that are remembered by offset: a consistency token asked
 # about one of them soon after (the usual case) finds it unless 1024 later offsets were not applied
@@ -45,8 +51,13 @@ UNAPPLIED_RING = 1024
 Slot = tuple[str, str]  # a hash and a field of it
 
 
-def bucket_of(key: str | bytes) -> int:
-    return zlib.crc32(key.encode() if isinstance(key, str) else key) % BUCKETS
+def bucket_of(key: str | bytes, buckets: int) -> int:
+    return zlib.crc32(key.encode() if isinstance(key, str) else key) % buckets
+
+
+def lookup_digest(bucket: int, field: str | bytes, buckets: int) -> int:
+    """The hash of the value a lookup entry stores at `bucket`, `field` among `buckets`."""
+    return int(field) * buckets + bucket
 
 
 def split_entity(stored: bytes | None) -> tuple[bytes | None, bytes | None]:
@@ -75,12 +86,16 @@ def entity_json(stored: bytes | None) -> bytes | None:
 
 
 class Keyspace:
-    """The keys of one service (`prefix`), those of the read model at `version`. The version moves
-    when the read model this keyspace serves follows a swap (versions.py)."""
+    """The keys of one service (`prefix`), those of the read model at `version`, which has
+    `bucket_count` buckets per collection. The version moves when the read model this keyspace
+    serves follows a swap (versions.py)."""
 
-    def __init__(self, prefix: str, version: int = 1, layout: int = LAYOUT) -> None:
+    def __init__(
+        self, prefix: str, version: int = 1, layout: int = LAYOUT, buckets: int = FIRST_BUCKETS
+    ) -> None:
         self.prefix = prefix
-        self.in_layout = layout  # the version's (Versions.refresh() keeps it so)
+        self.in_layout = layout  # the version's, as its bucket count (Versions.refresh())
+        self.bucket_count = buckets
         self._tag = tag = "{" + prefix + "}:"
         self.version = version
         self.pointer = tag + "version"  # the live version's number, which a rebuild swaps
@@ -100,13 +115,14 @@ class Keyspace:
         self._versioned = versioned = f"{self._tag}v{version}:"  # built once: keys are per entity
         self.bootstrap = versioned + "bootstrap"
         self.layout = versioned + "layout"  # the layout the version was written in: LAYOUT
+        self.bucket_count_key = versioned + "buckets"  # its bucket count (absent: LEGACY_BUCKETS)
         self.parked = versioned + "parked"
         self.everything = versioned + "*"  # a SCAN pattern: every key of this version
         self.positions = versioned + "pos:*"
 
-    def at(self, version: int) -> "Keyspace":
+    def at(self, version: int, buckets: int = FIRST_BUCKETS) -> "Keyspace":
         """The keys of another version, one written in this release's layout (a new one)."""
-        return Keyspace(self.prefix, version)
+        return Keyspace(self.prefix, version, buckets=buckets)
 
     @property
     def inline_histories(self) -> bool:
@@ -134,12 +150,14 @@ class Keyspace:
     def entity(self, collection: str, key: str) -> Slot:
         """The hash an entity lives in, and its field there. (Inlined: a batch asks for a slot per
         entity it reads and writes.)"""
-        return f"{self._versioned}e:{collection}:{zlib.crc32(key.encode()) % BUCKETS}", key
+        bucket = zlib.crc32(key.encode()) % self.bucket_count
+        return f"{self._versioned}e:{collection}:{bucket}", key
 
     def history(self, collection: str, key: str) -> Slot:
         """The hash an entity's history lives in (fold.py), and its field there, in layouts
         before 3 (after: its entity's field)."""
-        return f"{self._versioned}h:{collection}:{zlib.crc32(key.encode()) % BUCKETS}", key
+        bucket = zlib.crc32(key.encode()) % self.bucket_count
+        return f"{self._versioned}h:{collection}:{bucket}", key
 
     def history_bucket(self, collection: str, bucket: int) -> str:
         return f"{self._versioned}h:{collection}:{bucket}"
@@ -157,7 +175,7 @@ class Keyspace:
 
     def parked_event(self, collection: str, key: str, index: int) -> Slot:
         """Where the `index`th event of an entity's parked sequence is stored."""
-        bucket = zlib.crc32(key.encode()) % BUCKETS
+        bucket = zlib.crc32(key.encode()) % self.bucket_count
         return f"{self._versioned}pk:{collection}:{bucket}", f"{index}:{key}"
 
     def parked_entity(self, collection: str, key: str) -> Slot:
@@ -179,8 +197,12 @@ class Keyspace:
 
     def lookup(self, collection: str, lookup: str, value: str) -> Slot:
         """The hash a lookup value lives in, and its field there."""
-        digest = zlib.crc32(value.encode())
-        return self.lookup_bucket(collection, lookup, digest % BUCKETS), str(digest // BUCKETS)
+        return self.lookup_at(collection, lookup, zlib.crc32(value.encode()))
+
+    def lookup_at(self, collection: str, lookup: str, digest: int) -> Slot:
+        """The hash and field of the lookup entry of values whose hash is `digest`."""
+        count = self.bucket_count
+        return self.lookup_bucket(collection, lookup, digest % count), str(digest // count)
 
     # ---------------------------------------------------------------- patterns, and parsing
     def buckets(self, collection: str = "*") -> str:
@@ -214,6 +236,14 @@ class Keyspace:
         lookup, bucket = rest.rsplit(":", 1)
         return collection, lookup, int(bucket)
 
+    def parse_parked_bucket(self, key: str | bytes) -> str | None:
+        """The collection of a hash of parked events of this version, else None."""
+        try:
+            collection, _ = self._rest(key, "pk:").rsplit(":", 1)
+        except ValueError:
+            return None
+        return collection
+
     def parse_position(self, key: str | bytes) -> TopicPartition:
         topic, partition = self._rest(key, "pos:").rsplit(":", 1)
         return TopicPartition(topic, int(partition))
@@ -234,8 +264,8 @@ def layout() -> list[tuple[str, str]]:
     partition: Any = "<partition>"
     return [
         (keys.pointer, "the live version: what queries read (a rebuild swaps it)"),
-        (keys.freeze, "present while a snapshot export reads the model: commits wait"),
-        (keys.rebuilding, "held by a running rebuild: the version it writes"),
+        (keys.freeze, "present while a snapshot export or a grow reads the model: commits wait"),
+        (keys.rebuilding, "held by a running rebuild or grow: the version it writes"),
         (keys.rebuild_progress, "hash: a running rebuild's records done and total"),
         (keys.command("<command id>"), "hash: the status of a command this service sent"),
         (keys.handled("<command id>"), "a command this service handled (not handled again)"),
@@ -270,4 +300,5 @@ def layout() -> list[tuple[str, str]]:
         ),
         (keys.bootstrap, "`pending` until the version's bootstrap is done, then `done`"),
         (keys.layout, "the layout the version was written in (absent: 1)"),
+        (keys.bucket_count_key, "its buckets per collection (absent: 1024), more as it grows"),
     ]

@@ -6,7 +6,10 @@ writes, and what is done with them, by purpose: queries here; batch commits in c
 moves, all of them move with it.
 
 Listing walks the entity buckets in order, each bucket's keys sorted, so pages come in a stable
-order. Lookup values that share a hash field are told apart when read, by the entity's own value.
+order. A cursor names a bucket and a key: once the buckets doubled (growth.py), what its bucket held
+is in it and in one after every old bucket, so a listing that spans a growth misses nothing and may
+list again some of what it listed before. Lookup values that share a hash field are told apart when
+read, by the entity's own value.
 """
 
 from collections.abc import Sequence
@@ -18,14 +21,14 @@ from pydantic import BaseModel
 from redis.asyncio import Redis
 
 from .commit import Batches, stored_positions
-from .keyspace import BUCKETS, Keyspace, entity_json
+from .keyspace import FIRST_BUCKETS, Keyspace, entity_json
 from .projection import Collection
 from .redis import hget_each
 from .versions import Versions
 
-# What page cursors look like (`<bucket>:<key>`, the bucket below BUCKETS, 1024), for query
-# parameters to declare: exactly what `_cursor` accepts, so the API documents what it takes.
-CURSOR_PATTERN = r"^(0|[1-9][0-9]{0,2}|10[01][0-9]|102[0-3]):.+$"
+# What page cursors look like (`<bucket>:<key>`, the bucket a number below keyspace.MAX_BUCKETS),
+# for query parameters to declare; `_cursor` also refuses a bucket the version does not have.
+CURSOR_PATTERN = r"^(0|[1-9][0-9]{0,6}):.+$"
 
 
 class InvalidCursorError(ValueError):
@@ -126,11 +129,12 @@ class Queries:
         at the end); a cursor must match CURSOR_PATTERN, else InvalidCursorError (a 422). The
         order is stable: by bucket, then by key."""
         name = _name(collection)
-        bucket, key = (0, "") if after is None else _cursor(after)
+        buckets = self._keys.bucket_count
+        bucket, key = (0, "") if after is None else _cursor(after, buckets)
         found: list[tuple[int, bytes, bytes]] = []
         chunk = 256  # buckets per script call
-        while len(found) <= limit and bucket < BUCKETS:
-            last = min(bucket + chunk, BUCKETS)
+        while len(found) <= limit and bucket < buckets:
+            last = min(bucket + chunk, buckets)
             keys = [self._keys.bucket(name, b) for b in range(bucket, last)]
             left = limit + 1 - len(found)
             flat = cast(
@@ -181,12 +185,12 @@ async def fields_in(redis: Redis, hashes: Sequence[str | bytes]) -> int:
         return sum(await pipe.execute())
 
 
-def _cursor(after: str) -> tuple[int, str]:
-    """A cursor's bucket and key, exactly as `page` writes them: anything else is refused, rather
-    than read as some other position (`000001:` once gave an empty page)."""
+def _cursor(after: str, buckets: int) -> tuple[int, str]:
+    """A cursor's bucket (one of `buckets`) and key, exactly as `page` writes them: anything else
+    is refused, rather than read as some other position (`000001:` once gave an empty page)."""
     bucket, colon, key = after.partition(":")
     canonical = bucket.isascii() and bucket.isdigit() and str(int(bucket)) == bucket
-    if not colon or not key or not canonical or int(bucket) >= BUCKETS:
+    if not colon or not key or not canonical or int(bucket) >= buckets:
         shown = after if len(after) <= 64 else f"{after[:64]}..."
         raise InvalidCursorError(f"not a cursor this service handed out: {shown!r}")
     return int(bucket), key
@@ -216,6 +220,8 @@ class ReadModel:
         self.batches = Batches(redis, self.keys, live=live)
         self.versions = Versions(redis, self.keys)
 
-    def at(self, version: int) -> "ReadModel":
+    def at(self, version: int, buckets: int = FIRST_BUCKETS) -> "ReadModel":
         """Another version of the same read model, written by a rebuild: not live."""
-        return ReadModel(self.redis, self.keys.prefix, version=version, live=False)
+        view = ReadModel(self.redis, self.keys.prefix, version=version, live=False)
+        view.keys.bucket_count = buckets
+        return view

@@ -20,13 +20,13 @@ from redis.exceptions import (
 )
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
-from . import gaps, snapshot
+from . import gaps, growth, snapshot
 from .commands.handling import CommandWorker, Handlers
 from .commands.sending import CommandBus
 from .deadletter import DeadLetters, Retry
 from .errors import StartupError
 from .kafka import new_consumer, new_job_consumer, new_producer, start_client
-from .keyspace import LAYOUT, Keyspace
+from .keyspace import IN_PLACE, LAYOUT, Keyspace
 from .observability.instruments import Instruments
 from .progress import Progress
 from .projection import Registry
@@ -331,6 +331,7 @@ async def running(
             stack.callback(projector.stop)
             service.projector = projector
             keep("watchdog", lambda: service.freshness.watch(projector, stopping))
+            keep("growth", lambda: growth.watch(readmodel, registry.collections, stopping))
             keep(
                 "gaps",
                 lambda: gaps.watch(
@@ -344,7 +345,7 @@ async def running(
             )
         keep("projector", lambda: _go_live(settings, registry, service, projector))
         keep("version", lambda: _follow_version(service, stopping))
-        if projector is not None and await readmodel.versions.layout() < LAYOUT:
+        if projector is not None and await readmodel.versions.layout() < IN_PLACE:
             keep("upgrade", lambda: _upgrade(settings, registry, readmodel))
         keep("commands", lambda: worker.run(stopping))
         keep("replies", lambda: bus.consume_replies(replies, dead_letters, stopping))

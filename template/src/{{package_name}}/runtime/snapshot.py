@@ -13,8 +13,8 @@ Format. One export is a set of records, spread over the topic's partitions, each
                                                   value: the lookup entry as stored (keyspace.py)
     position  key `<topic>:<partition>`           value: the next offset to apply there (ASCII)
     end       key `end`                           value: {"export", "entities", "positions",
-                                                          "lookups", "layout", "exported_at"}
-                                                          (JSON)
+                                                          "lookups", "layout", "buckets",
+                                                          "exported_at"} (JSON)
 
 The `end` record is written only once every other record of the export is acknowledged, so an export
 without one is incomplete and ignored. Loading takes the last complete export: its entities, and its
@@ -22,10 +22,12 @@ positions as where the projector starts on the upstream topics (from the earlies
 where it has none). Once its `end` record is written, an export deletes the records before it.
 
 The format is the same whatever the layout (keyspace.py); `layout` in the `end` record names the
-layout exported (absent: before 3). An export of a layout before 3 carries every history as a
-`hash` record: loading it into a version that keeps histories in the entities' fields merges each
-entity and history into its field, in whichever order they come. Releases before layout 3 ignore
-the `snapshot.history` header: they load such an export without the existing entities' histories.
+layout exported (absent: before 3), `buckets` its bucket count (absent: 1024). Loading into a
+version with another count puts each lookup entry and parked event in the bucket it has there. An
+export of a layout before 3 carries every history as a `hash` record: loading it into a version that
+keeps histories in the entities' fields merges each entity and history into its field, in whichever
+order they come. Releases before layout 3 ignore the `snapshot.history` header: they load such an
+export without the existing entities' histories.
 
 Lookup entries are exported as they are stored, so loading writes them without decoding a single
 entity. `lookups` in the `end` record names the lookups exported, per collection. Where a
@@ -64,11 +66,13 @@ from .kafka import (
     seek,
 )
 from .keyspace import (
-    BUCKETS,
     INLINE_HISTORIES,
+    LEGACY_BUCKETS,
     Keyspace,
+    Slot,
     bucket_of,
     join_entity,
+    lookup_digest,
     split_entity,
 )
 from .projection import Collection
@@ -151,7 +155,8 @@ async def export(
                 else:  # an entity, with its history in a header; or a history alone
                     json, history = split_entity(value)
                     if json is None:  # as a layout before 3 stored it, for any release to load
-                        hash_ = keys.relative(keys.history_bucket(prefix, bucket_of(name)))
+                        bucket = bucket_of(name, keys.bucket_count)
+                        hash_ = keys.relative(keys.history_bucket(prefix, bucket))
                         record_key, value = orjson.dumps([hash_, name.decode()]), history or b""
                         record_kind, record_headers = b"hash", [*headers, (KIND, b"hash")]
                     else:
@@ -180,6 +185,7 @@ async def export(
             "positions": len(positions),
             "lookups": {collection: sorted(names) for collection, names in lookups.items()},
             "layout": keys.in_layout,
+            "buckets": keys.bucket_count,
             "exported_at": datetime.now(UTC).isoformat(),
         }
         await producer.send_and_wait(
@@ -343,9 +349,13 @@ class _Reader:
         # Entities of an export before layout 3 meet their histories in Redis (commit.py merges).
         self._merge = self._inline and end.get("layout", 1) < INLINE_HISTORIES
         self._buckets = {  # per collection, the key of each of its buckets
-            name: [keys.bucket(name, bucket) for bucket in range(BUCKETS)] for name in collections
+            name: [keys.bucket(name, bucket) for bucket in range(keys.bucket_count)]
+            for name in collections
         }
         self._lookups: dict[str, str] = {}  # `<collection>:<lookup>:<bucket>` -> its key
+        # Exported with another bucket count: lookup entries and parked events move bucket.
+        exported_buckets = end.get("buckets", LEGACY_BUCKETS)
+        self._rebucket = exported_buckets if exported_buckets != keys.bucket_count else None
 
     def __call__(self, batches: Mapping[TopicPartition, list[Record]]) -> _Batch:
         batch = _Batch()
@@ -367,13 +377,18 @@ class _Reader:
                 elif kind == b"lookup":
                     hashed, entry = record.key.decode().rsplit(":", 1)
                     if hashed.split(":", 1)[0] in self._as_exported:
-                        key = self._lookups.get(hashed) or self._lookup_key(hashed)
+                        if self._rebucket is None:
+                            key = self._lookups.get(hashed) or self._lookup_key(hashed)
+                        else:
+                            key, entry = self._rebucketed_lookup(hashed, entry, self._rebucket)
                         batch.hashes.setdefault(key, {})[entry] = record.value
                         batch.lookup_entries += 1
                 elif kind == b"hash":  # parked events, histories kept apart
                     relative, name = orjson.loads(record.key)
                     hash_ = self._keys.absolute(relative)
                     collection = self._keys.parse_history_bucket(hash_) if self._inline else None
+                    if self._rebucket is not None:
+                        hash_ = self._rebucketed_parked(hash_, name)
                     if collection is None:
                         batch.hashes.setdefault(hash_, {})[name] = record.value
                     else:  # into its entity's field, wherever the entity comes from
@@ -389,6 +404,21 @@ class _Reader:
         key = self._lookups[hashed] = self._keys.lookup_bucket(collection, lookup, int(bucket))
         return key
 
+    def _rebucketed_lookup(self, hashed: str, entry: str, exported: int) -> Slot:
+        """Where a lookup entry exported at `hashed`, `entry` among `exported` buckets lives."""
+        collection, rest = hashed.split(":", 1)
+        lookup, bucket = rest.rsplit(":", 1)
+        digest = lookup_digest(int(bucket), entry, exported)
+        return self._keys.lookup_at(collection, lookup, digest)
+
+    def _rebucketed_parked(self, hash_: str, name: str) -> str:
+        """The hash of this version a parked event's field `name` (`<n>:<key>`) belongs in."""
+        collection = self._keys.parse_parked_bucket(hash_)
+        if collection is None:  # not a parked event (the index of parked entities)
+            return hash_
+        key = name.split(":", 1)[1]
+        return self._keys.parked_bucket(collection, bucket_of(key, self._keys.bucket_count))
+
     def _entity(self, batch: _Batch, raw_key: bytes, value: bytes, history: bytes | None) -> None:
         prefix, _, raw = raw_key.partition(b":")  # <collection>:<entity key>
         collection = prefix.decode()
@@ -396,7 +426,7 @@ class _Reader:
         if buckets is None:
             log.warning("snapshot entity of unknown collection %r skipped", collection)
             return
-        key, bucket = raw.decode(), bucket_of(raw)
+        key, bucket = raw.decode(), bucket_of(raw, self._keys.bucket_count)
         if not self._inline:
             batch.hashes.setdefault(buckets[bucket], {})[key] = value
             if history is not None:

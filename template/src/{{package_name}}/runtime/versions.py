@@ -2,19 +2,19 @@
 
 A version is created waiting for its bootstrap, loaded, then served; a rebuild writes the next one
 while the live one serves, swaps the pointer, and drops the old one. While a snapshot export reads
-the live version whole, it holds the freeze: batch commits wait (commit.py checks it), queries go
-on.
+the live version whole, or a grow copies it (growth.py), it holds the freeze: batch commits wait
+(commit.py checks it), queries go on.
 """
 
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
 from aiokafka import TopicPartition
 from redis.asyncio import Redis
 
-from .keyspace import BUCKETS, LAYOUT, Keyspace
+from .keyspace import LAYOUT, LEGACY_BUCKETS, Keyspace
 from .projection import Collection
 
 
@@ -39,6 +39,7 @@ _INITIALISE = """
 if redis.call('SET', KEYS[1], '1', 'NX') then
   redis.call('SET', KEYS[2], 'pending')
   redis.call('SET', KEYS[3], ARGV[1])
+  redis.call('SET', KEYS[4], ARGV[2])
   return 1
 end
 return 0
@@ -67,7 +68,8 @@ class Versions:
     def __init__(self, redis: Redis, keys: Keyspace) -> None:
         self.redis = redis
         self.keys = keys
-        self._readable: tuple[int, int] | None = None  # a version found readable, its layout
+        # A version found readable: its number, layout and bucket count.
+        self._readable: tuple[int, int, int] | None = None
 
     async def initialise(self) -> bool:
         """Point at version 1, marked as waiting for its bootstrap, if nothing does yet (both at
@@ -75,7 +77,14 @@ class Versions:
         first = self.keys.at(1)
         created = bool(
             await self.redis.eval(
-                _INITIALISE, 3, first.pointer, first.bootstrap, first.layout, LAYOUT
+                _INITIALISE,
+                4,
+                first.pointer,
+                first.bootstrap,
+                first.layout,
+                first.bucket_count_key,
+                LAYOUT,
+                first.bucket_count,
             )
         )
         await self.refresh()
@@ -86,8 +95,10 @@ class Versions:
         return int(await self.redis.get(self.keys.layout) or 1)
 
     async def mark_layout(self) -> None:
-        """Record that this version is written in the current layout."""
-        await self.redis.set(self.keys.layout, LAYOUT)
+        """Record that this version is written in the current layout, with its bucket count."""
+        await self.redis.mset(
+            {self.keys.layout: LAYOUT, self.keys.bucket_count_key: self.keys.bucket_count}
+        )
 
     async def awaits_bootstrap(self) -> bool:
         return await self.redis.get(self.keys.bootstrap) == b"pending"
@@ -105,12 +116,15 @@ class Versions:
             raise ReadModelLostError(f"no read model version at {self.keys.pointer}")
         version = int(current)
         if self._readable is None or version != self._readable[0]:
-            layout = int(await self.redis.get(self.keys.at(version).layout) or 1)
+            at = self.keys.at(version)
+            stored = await self.redis.mget(at.layout, at.bucket_count_key)
+            raw_layout, raw_buckets = cast(list[bytes | None], stored)
+            layout, buckets = int(raw_layout or 1), int(raw_buckets or LEGACY_BUCKETS)
             if layout > LAYOUT:
                 raise NewerLayoutError(version, layout)
-            self._readable = version, layout
+            self._readable = version, layout, buckets
         moved = version != self.keys.version
-        self.keys.version, self.keys.in_layout = self._readable
+        self.keys.version, self.keys.in_layout, self.keys.bucket_count = self._readable
         return moved
 
     async def swap(self, version: int) -> None:
@@ -120,7 +134,7 @@ class Versions:
 
     async def drop(self) -> int:
         """Delete every key of this version; returns how many. (A version has a few thousand
-        keys, whatever its entities: they live in buckets.)"""
+        keys per collection: its entities live in buckets.)"""
         keys = [key async for key in self.redis.scan_iter(match=self.keys.everything, count=1000)]
         return await self._unlink(keys)
 
@@ -134,12 +148,13 @@ class Versions:
         moment after another never deletes what the other has loaded since. True when cleared.
         (Their keys are known, so no SCAN walks the whole keyspace.)"""
         keys = [self.keys.parked]
+        buckets = range(self.keys.bucket_count)
         for name, collection in collections.items():
-            keys += [self.keys.bucket(name, bucket) for bucket in range(BUCKETS)]
-            keys += [self.keys.history_bucket(name, bucket) for bucket in range(BUCKETS)]
-            keys += [self.keys.parked_bucket(name, bucket) for bucket in range(BUCKETS)]
+            keys += [self.keys.bucket(name, bucket) for bucket in buckets]
+            keys += [self.keys.history_bucket(name, bucket) for bucket in buckets]
+            keys += [self.keys.parked_bucket(name, bucket) for bucket in buckets]
             for lookup in collection.lookups:
-                keys += [self.keys.lookup_bucket(name, lookup, b) for b in range(BUCKETS)]
+                keys += [self.keys.lookup_bucket(name, lookup, b) for b in buckets]
         positions = [self.keys.position(tp) for tp in begin]
         offsets = [str(offset) for offset in begin.values()]
         cleared = await self.redis.eval(

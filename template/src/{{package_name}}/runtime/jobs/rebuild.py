@@ -36,7 +36,7 @@ async def rebuild(
         live = c.readmodel
         await live.versions.initialise()
         old = live.keys.version
-        building = live.at(old + 1)
+        building = live.at(old + 1, buckets=live.keys.bucket_count)  # grown as the live one
         lock = live.keys.rebuilding
         if not await live.redis.set(lock, old + 1, nx=True, ex=24 * 3600):
             raise RuntimeError("another rebuild is running")

@@ -63,6 +63,11 @@ class ServiceCollector(Collector):
             "1 while the live read model is in a layout newer than this release reads",
             int(service.unreadable is not None),
         )
+        yield GaugeMetricFamily(
+            "bff_read_model_buckets",
+            "Buckets per collection of the live read model version (doubled as it grows)",
+            service.readmodel.keys.bucket_count,
+        )
         restarts = CounterMetricFamily(
             "bff_loop_restarts", "Times a loop raised and was restarted", labels=["loop"]
         )

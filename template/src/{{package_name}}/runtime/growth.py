@@ -1,0 +1,191 @@
+"""Growing the read model: more buckets as its collections outgrow them.
+
+Entities live in buckets (keyspace.py), which Redis stores compactly while each holds at most
+`hash-max-listpack-entries` fields (512 as scripts/redis.sh sets it); past that a bucket becomes
+a hash table, about twice the memory, and a long listpack is slow to update. Few buckets cost
+memory too: each is a key of its own. So a version starts with a few buckets and records its
+count, and once the fields per bucket of a collection reach GROW_AT on average (a sample of its
+buckets, every CHECK_EVERY_S), `watch` copies the live version into the next one with 2, 4, 8...
+times the buckets, enough to hold half as many per bucket, and swaps it in, as a rebuild does:
+commits wait on the freeze while it copies (queries go on, on the version being copied),
+projectors follow the swap at their next batch, queries within a second, and the old version is
+dropped. Each entity is copied about once over a collection's growth, however large it grows.
+
+The copy moves fields between buckets and nothing else: entities with their histories, parked
+events and lookup entries go to the bucket they belong in among the new count (bucket b's fields
+go to b, or to b plus a multiple of the old count), everything else of the version (positions,
+notes of events not applied, the index of parked entities, the bootstrap marker) is copied as it
+is.
+"""
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import Any, cast
+
+from redis.asyncio import Redis
+from redis.typing import EncodableT
+
+from .keyspace import INLINE_HISTORIES, MAX_BUCKETS, Keyspace, bucket_of, lookup_digest
+from .projection import Collection
+from .readmodel import ReadModel
+from .versions import Versions
+
+log = logging.getLogger(__name__)
+
+GROW_AT = 128  # fields per bucket on average: the largest of 8192 buckets then holds ~180 of 512
+CHECK_EVERY_S = 2.0
+SAMPLED = 16  # buckets per collection read to estimate how full they are
+FREEZE_TTL_S = 30  # extended as the copy goes: it lapses by itself if this process dies
+COPIED_AT_ONCE = 64  # buckets read per round trip
+GRACE_S = 5.0  # before the old version is dropped: instances move their queries within a second
+
+
+@dataclass(frozen=True)
+class Growth:
+    """What a grow did."""
+
+    version: int
+    buckets: int
+    seconds: float
+
+    def __str__(self) -> str:
+        return f"version {self.version} with {self.buckets} buckets in {self.seconds:.1f}s"
+
+
+async def fullest(readmodel: ReadModel, collections: Mapping[str, Collection[Any]]) -> float:
+    """The fields per bucket, on average, of the live version's fullest collection (sampled)."""
+    keys = readmodel.keys
+    sampled = range(0, keys.bucket_count, max(1, keys.bucket_count // SAMPLED))
+    async with readmodel.redis.pipeline(transaction=False) as pipe:
+        for name in collections:
+            for bucket in sampled:
+                pipe.hlen(keys.bucket(name, bucket))
+        lengths = cast(list[int], await pipe.execute())
+    per = len(sampled)
+    sums = [sum(lengths[start : start + per]) for start in range(0, len(lengths), per)]
+    return max(sums, default=0) / per
+
+
+def enough(buckets: int, filled: float) -> int:
+    """The bucket count, `buckets` times a power of 2, that holds half of GROW_AT per bucket where
+    `buckets` hold `filled` (at most MAX_BUCKETS)."""
+    grown = buckets
+    while grown < MAX_BUCKETS and filled * buckets / grown > GROW_AT / 2:
+        grown *= 2
+    return grown
+
+
+async def watch(
+    readmodel: ReadModel, collections: Mapping[str, Collection[Any]], stopping: asyncio.Event
+) -> None:
+    """Every CHECK_EVERY_S, grow the live version once its collections fill its buckets."""
+    while not stopping.is_set():
+        with suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), CHECK_EVERY_S)
+        keys = readmodel.keys
+        if stopping.is_set() or keys.in_layout < INLINE_HISTORIES:
+            continue  # a version of an older layout is upgraded at start first
+        filled = await fullest(readmodel, collections)
+        buckets = enough(keys.bucket_count, filled)
+        if filled < GROW_AT or buckets == keys.bucket_count:
+            continue
+        log.warning(
+            "read model version %d holds %.0f entities per bucket (%d buckets per collection):"
+            " copying it into one with %d buckets; commits wait meanwhile",
+            keys.version,
+            filled,
+            keys.bucket_count,
+            buckets,
+        )
+        try:
+            grown = await grow(readmodel, buckets, GRACE_S)
+        except RuntimeError as exc:  # a rebuild, an export or another instance's grow: later
+            log.info("growth put off: %s", exc)
+            continue
+        log.info("read model grown into %s", grown)
+
+
+async def grow(
+    readmodel: ReadModel, buckets: int | None = None, grace_s: float = GRACE_S
+) -> Growth:
+    """Copy the live version into the next one with `buckets` buckets (a multiple of its own;
+    default twice), swap it in and drop the old one. Raises RuntimeError while a rebuild or
+    another grow runs, or an export holds the freeze, and when the live version waits for its
+    bootstrap."""
+    redis, live = readmodel.redis, readmodel.keys
+    began = time.monotonic()
+    await readmodel.versions.refresh()
+    if not await redis.set(live.rebuilding, live.version + 1, nx=True, ex=FREEZE_TTL_S):
+        raise RuntimeError("a rebuild or another grow is running")
+    try:
+        async with readmodel.versions.frozen(FREEZE_TTL_S) as keep_frozen:
+            if await readmodel.versions.awaits_bootstrap():
+                raise RuntimeError("the read model waits for its bootstrap")
+            old = Keyspace(live.prefix, live.version, live.in_layout, live.bucket_count)
+            new = live.at(old.version + 1, buckets=buckets or 2 * old.bucket_count)
+            if new.bucket_count % old.bucket_count:
+                raise ValueError(f"{new.bucket_count} buckets is no multiple of {old.bucket_count}")
+            versions = Versions(redis, new)
+            await versions.drop()  # what a grow that died may have left
+
+            async def keep_going() -> None:
+                await keep_frozen()
+                await redis.expire(live.rebuilding, FREEZE_TTL_S)
+
+            await _copy(redis, old, new, keep_going)
+            await versions.mark_layout()
+            await readmodel.versions.swap(new.version)
+            await readmodel.versions.refresh()
+    finally:
+        await redis.delete(live.rebuilding)
+    await asyncio.sleep(grace_s)
+    await Versions(redis, old).drop()
+    return Growth(new.version, new.bucket_count, time.monotonic() - began)
+
+
+async def _copy(redis: Redis, old: Keyspace, new: Keyspace, keep_going: Any) -> None:
+    """Every key of version `old` into version `new`: each field of a bucket into its bucket
+    among `new`'s count, any other key as it is."""
+    buckets: list[bytes] = []
+    async for key in redis.scan_iter(match=old.everything, count=1000):
+        relative = old.relative(key)
+        if relative.startswith(("e:", "pk:", "lk:")):
+            buckets.append(key)
+        elif key not in (old.layout.encode(), old.bucket_count_key.encode()):
+            await redis.copy(key, new.absolute(relative))
+    for start in range(0, len(buckets), COPIED_AT_ONCE):
+        chunk = buckets[start : start + COPIED_AT_ONCE]
+        async with redis.pipeline(transaction=False) as pipe:
+            for key in chunk:
+                pipe.hgetall(key)
+            contents = cast(list[dict[bytes, bytes]], await pipe.execute())
+        moved: dict[str, dict[EncodableT, EncodableT]] = {}
+        for key, fields in zip(chunk, contents, strict=True):
+            for field, value in fields.items():
+                hash_, name = _rebucketed(old, new, key, field)
+                moved.setdefault(hash_, {})[name] = value
+        async with redis.pipeline(transaction=False) as pipe:
+            for hash_, into in moved.items():
+                pipe.hset(hash_, mapping=into)
+            await pipe.execute()
+        await keep_going()
+
+
+def _rebucketed(old: Keyspace, new: Keyspace, key: bytes, field: bytes) -> tuple[str, bytes]:
+    """The hash of `new` and the field there of `field` of `old`'s bucket `key`."""
+    relative = old.relative(key)
+    if relative.startswith("lk:"):
+        collection, lookup, bucket = old.parse_lookup_bucket(key)
+        digest = lookup_digest(bucket, field, old.bucket_count)
+        hash_, name = new.lookup_at(collection, lookup, digest)
+        return hash_, name.encode()
+    if relative.startswith("pk:"):  # `<n>:<entity key>`
+        collection = relative[3:].rsplit(":", 1)[0]
+        entity = field.split(b":", 1)[1]
+        return new.parked_bucket(collection, bucket_of(entity, new.bucket_count)), field
+    collection, _ = old.parse_bucket(key)
+    return new.bucket(collection, bucket_of(field, new.bucket_count)), field
