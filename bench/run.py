@@ -349,8 +349,10 @@ async def projector_over(
     settings: Any, prefix: str, topic: str, partitions: list[int] | None = None
 ) -> AsyncIterator[tuple[Any, dict[TopicPartition, int]]]:
     """The service's projector over `partitions` of `topic` (None: all) from their beginning,
-    into the read model at `prefix`, and the end offsets it is to reach."""
+    into the read model at `prefix`, and the end offsets it is to reach; as in `serve`, the read
+    model grows its buckets meanwhile."""
     from personabff.projections import REGISTRY
+    from personabff.runtime import growth
     from personabff.runtime.deadletter import DeadLetters
     from personabff.runtime.projector import Projector
     from personabff.runtime.readmodel import ReadModel
@@ -363,6 +365,8 @@ async def projector_over(
     consumer, tps = await assigned_consumer(topic, partitions, isolation_level="read_committed")
     producer = AIOKafkaProducer(bootstrap_servers=KAFKA)
     await producer.start()
+    stopping = asyncio.Event()
+    growing = asyncio.create_task(growth.watch(readmodel, REGISTRY.collections, stopping))
     try:
         end = await consumer.end_offsets(tps)
         dead_letters = DeadLetters(producer, settings.dlq_topic)
@@ -370,6 +374,8 @@ async def projector_over(
         await projector.on_partitions_assigned(tps)
         yield projector, end
     finally:
+        stopping.set()
+        await growing
         await consumer.stop()
         await producer.stop()
         await redis.aclose()

@@ -21,7 +21,8 @@ is.
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+import zlib
+from collections.abc import Callable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, cast
@@ -29,7 +30,7 @@ from typing import Any, cast
 from redis.asyncio import Redis
 from redis.typing import EncodableT
 
-from .keyspace import INLINE_HISTORIES, MAX_BUCKETS, Keyspace, bucket_of, lookup_digest
+from .keyspace import INLINE_HISTORIES, MAX_BUCKETS, Keyspace, lookup_digest
 from .projection import Collection
 from .readmodel import ReadModel
 from .versions import Versions
@@ -37,7 +38,7 @@ from .versions import Versions
 log = logging.getLogger(__name__)
 
 GROW_AT = 128  # fields per bucket on average: the largest of 8192 buckets then holds ~180 of 512
-CHECK_EVERY_S = 2.0
+CHECK_EVERY_S = 1.0
 SAMPLED = 16  # buckets per collection read to estimate how full they are
 FREEZE_TTL_S = 30  # extended as the copy goes: it lapses by itself if this process dies
 COPIED_AT_ONCE = 64  # buckets read per round trip
@@ -127,10 +128,15 @@ async def grow(
                 raise RuntimeError("the read model waits for its bootstrap")
             old = Keyspace(live.prefix, live.version, live.in_layout, live.bucket_count)
             new = live.at(old.version + 1, buckets=buckets or 2 * old.bucket_count)
+            if new.bucket_count <= old.bucket_count:  # another instance grew it meanwhile
+                raise RuntimeError(f"the read model has {old.bucket_count} buckets already")
             if new.bucket_count % old.bucket_count:
                 raise ValueError(f"{new.bucket_count} buckets is no multiple of {old.bucket_count}")
             versions = Versions(redis, new)
             await versions.drop()  # what a grow that died may have left
+            # And the version before the live one, left by a grow or rebuild that died before
+            # it dropped it: a whole copy of the read model.
+            await Versions(redis, live.at(old.version - 1)).drop()
 
             async def keep_going() -> None:
                 await keep_frozen()
@@ -140,33 +146,33 @@ async def grow(
             await versions.mark_layout()
             await readmodel.versions.swap(new.version)
             await readmodel.versions.refresh()
+        await asyncio.sleep(grace_s)
+        await Versions(redis, old).drop()
     finally:
         await redis.delete(live.rebuilding)
-    await asyncio.sleep(grace_s)
-    await Versions(redis, old).drop()
     return Growth(new.version, new.bucket_count, time.monotonic() - began)
 
 
 async def _copy(redis: Redis, old: Keyspace, new: Keyspace, keep_going: Any) -> None:
     """Every key of version `old` into version `new`: each field of a bucket into its bucket
     among `new`'s count, any other key as it is."""
-    buckets: list[bytes] = []
+    buckets: list[tuple[bytes, Callable[[bytes], tuple[str, bytes]]]] = []
     async for key in redis.scan_iter(match=old.everything, count=1000):
         relative = old.relative(key)
         if relative.startswith(("e:", "pk:", "lk:")):
-            buckets.append(key)
+            buckets.append((key, _mover(old, new, relative)))
         elif key not in (old.layout.encode(), old.bucket_count_key.encode()):
             await redis.copy(key, new.absolute(relative))
     for start in range(0, len(buckets), COPIED_AT_ONCE):
         chunk = buckets[start : start + COPIED_AT_ONCE]
         async with redis.pipeline(transaction=False) as pipe:
-            for key in chunk:
+            for key, _ in chunk:
                 pipe.hgetall(key)
             contents = cast(list[dict[bytes, bytes]], await pipe.execute())
         moved: dict[str, dict[EncodableT, EncodableT]] = {}
-        for key, fields in zip(chunk, contents, strict=True):
+        for (_, move), fields in zip(chunk, contents, strict=True):
             for field, value in fields.items():
-                hash_, name = _rebucketed(old, new, key, field)
+                hash_, name = move(field)
                 moved.setdefault(hash_, {})[name] = value
         async with redis.pipeline(transaction=False) as pipe:
             for hash_, into in moved.items():
@@ -175,17 +181,22 @@ async def _copy(redis: Redis, old: Keyspace, new: Keyspace, keep_going: Any) -> 
         await keep_going()
 
 
-def _rebucketed(old: Keyspace, new: Keyspace, key: bytes, field: bytes) -> tuple[str, bytes]:
-    """The hash of `new` and the field there of `field` of `old`'s bucket `key`."""
-    relative = old.relative(key)
+def _mover(old: Keyspace, new: Keyspace, relative: str) -> Callable[[bytes], tuple[str, bytes]]:
+    """What gives, for a field of `old`'s bucket `relative`, its hash in `new` and its field."""
+    count = new.bucket_count
     if relative.startswith("lk:"):
-        collection, lookup, bucket = old.parse_lookup_bucket(key)
-        digest = lookup_digest(bucket, field, old.bucket_count)
-        hash_, name = new.lookup_at(collection, lookup, digest)
-        return hash_, name.encode()
-    if relative.startswith("pk:"):  # `<n>:<entity key>`
-        collection = relative[3:].rsplit(":", 1)[0]
-        entity = field.split(b":", 1)[1]
-        return new.parked_bucket(collection, bucket_of(entity, new.bucket_count)), field
-    collection, _ = old.parse_bucket(key)
-    return new.bucket(collection, bucket_of(field, new.bucket_count)), field
+        collection, lookup, bucket = old.parse_lookup_bucket(old.absolute(relative))
+        lookups = [new.lookup_bucket(collection, lookup, b) for b in range(count)]
+
+        def lookup_entry(field: bytes) -> tuple[str, bytes]:
+            digest = lookup_digest(bucket, field, old.bucket_count)
+            return lookups[digest % count], b"%d" % (digest // count)
+
+        return lookup_entry
+    kind, _, rest = relative.partition(":")
+    collection = rest.rsplit(":", 1)[0]
+    if kind == "pk":  # a field is `<n>:<entity key>`
+        parked = [new.parked_bucket(collection, b) for b in range(count)]
+        return lambda field: (parked[zlib.crc32(field.split(b":", 1)[1]) % count], field)
+    entities = [new.bucket(collection, b) for b in range(count)]
+    return lambda field: (entities[zlib.crc32(field) % count], field)
