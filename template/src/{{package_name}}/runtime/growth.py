@@ -90,6 +90,8 @@ async def watch(
         keys = readmodel.keys
         if stopping.is_set() or keys.in_layout < INLINE_HISTORIES:
             continue  # a version of an older layout is upgraded at start first
+        if await readmodel.versions.awaits_bootstrap():
+            continue  # loading: what it loads is copied once it is done
         filled = await fullest(readmodel, collections)
         buckets = enough(keys.bucket_count, filled)
         if filled < GROW_AT or buckets == keys.bucket_count:
