@@ -985,7 +985,9 @@ async def _persona(settings: Any, persona_id: str) -> bytes:
     from personabff.runtime.readmodel import ReadModel
 
     async with Redis.from_url(REDIS) as redis:
-        raw = await ReadModel(redis, settings.redis_key_prefix).queries.get("personas", persona_id)
+        readmodel = ReadModel(redis, settings.redis_key_prefix)
+        await readmodel.versions.refresh()  # the live version: the read model may have grown
+        raw = await readmodel.queries.get("personas", persona_id)
     assert raw is not None, persona_id
     return raw
 

@@ -57,11 +57,13 @@ class Growth:
         return f"version {self.version} with {self.buckets} buckets in {self.seconds:.1f}s"
 
 
-async def fullest(readmodel: ReadModel, collections: Mapping[str, Collection[Any]]) -> float:
-    """The fields per bucket, on average, of the live version's fullest collection (sampled)."""
-    keys = readmodel.keys
+async def fullest(
+    redis: Redis, keys: Keyspace, collections: Mapping[str, Collection[Any]]
+) -> float:
+    """The fields per bucket, on average, of the fullest collection of the version of `keys`
+    (sampled)."""
     sampled = range(0, keys.bucket_count, max(1, keys.bucket_count // SAMPLED))
-    async with readmodel.redis.pipeline(transaction=False) as pipe:
+    async with redis.pipeline(transaction=False) as pipe:
         for name in collections:
             for bucket in sampled:
                 pipe.hlen(keys.bucket(name, bucket))
@@ -87,25 +89,18 @@ async def watch(
     while not stopping.is_set():
         with suppress(TimeoutError):
             await asyncio.wait_for(stopping.wait(), CHECK_EVERY_S)
-        keys = readmodel.keys
+        live = readmodel.keys  # as it is now: it follows the live version meanwhile
+        keys = Keyspace(live.prefix, live.version, live.in_layout, live.bucket_count)
         if stopping.is_set() or keys.in_layout < INLINE_HISTORIES:
             continue  # a version of an older layout is upgraded at start first
         if await readmodel.versions.awaits_bootstrap():
             continue  # loading: what it loads is copied once it is done
-        filled = await fullest(readmodel, collections)
-        buckets = enough(keys.bucket_count, filled)
-        if filled < GROW_AT or buckets == keys.bucket_count:
+        filled = await fullest(readmodel.redis, keys, collections)
+        if filled < GROW_AT or keys.bucket_count >= MAX_BUCKETS:
             continue
-        log.warning(
-            "read model version %d holds %.0f entities per bucket (%d buckets per collection):"
-            " copying it into one with %d buckets; commits wait meanwhile",
-            keys.version,
-            filled,
-            keys.bucket_count,
-            buckets,
-        )
+        buckets, why = enough(keys.bucket_count, filled), f"{filled:.0f} entities per bucket"
         try:
-            grown = await grow(readmodel, buckets, GRACE_S)
+            grown = await grow(readmodel, buckets, GRACE_S, of=keys, why=why)
         except RuntimeError as exc:  # a rebuild, an export or another instance's grow: later
             log.info("growth put off: %s", exc)
             continue
@@ -113,12 +108,18 @@ async def watch(
 
 
 async def grow(
-    readmodel: ReadModel, buckets: int | None = None, grace_s: float = GRACE_S
+    readmodel: ReadModel,
+    buckets: int | None = None,
+    grace_s: float = GRACE_S,
+    *,
+    of: Keyspace | None = None,
+    why: str = "asked to",
 ) -> Growth:
     """Copy the live version into the next one with `buckets` buckets (a multiple of its own;
     default twice), swap it in and drop the old one. Raises RuntimeError while a rebuild or
-    another grow runs, or an export holds the freeze, and when the live version waits for its
-    bootstrap."""
+    another grow runs, or an export holds the freeze, when the live version waits for its
+    bootstrap, and when it is no longer the version `of` (sized from it): another instance grew
+    it meanwhile."""
     redis, live = readmodel.redis, readmodel.keys
     began = time.monotonic()
     await readmodel.versions.refresh()
@@ -128,12 +129,20 @@ async def grow(
         async with readmodel.versions.frozen(FREEZE_TTL_S) as keep_frozen:
             if await readmodel.versions.awaits_bootstrap():
                 raise RuntimeError("the read model waits for its bootstrap")
+            if of is not None and live.version != of.version:
+                raise RuntimeError(f"version {live.version} is live since: grown or rebuilt")
             old = Keyspace(live.prefix, live.version, live.in_layout, live.bucket_count)
             new = live.at(old.version + 1, buckets=buckets or 2 * old.bucket_count)
-            if new.bucket_count <= old.bucket_count:  # another instance grew it meanwhile
-                raise RuntimeError(f"the read model has {old.bucket_count} buckets already")
-            if new.bucket_count % old.bucket_count:
-                raise ValueError(f"{new.bucket_count} buckets is no multiple of {old.bucket_count}")
+            if new.bucket_count <= old.bucket_count or new.bucket_count % old.bucket_count:
+                raise ValueError(f"{new.bucket_count} buckets: no multiple of {old.bucket_count}")
+            log.warning(
+                "read model version %d (%s): copying it from %d buckets per collection into %d;"
+                " commits wait meanwhile",
+                old.version,
+                why,
+                old.bucket_count,
+                new.bucket_count,
+            )
             versions = Versions(redis, new)
             await versions.drop()  # what a grow that died may have left
             # And the version before the live one, left by a grow or rebuild that died before
