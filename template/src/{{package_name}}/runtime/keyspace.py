@@ -33,14 +33,15 @@ from aiokafka import TopicPartition
 
 # The layout this code writes. A live version written in a layout before IN_PLACE is served, and
 # written, in its own layout while a rebuild at start writes the next version in this one
-# (service.py). Layout 4 records the bucket count, which grows (absent: LEGACY_BUCKETS): a version
+# (service.py). Layout 4 records the bucket count, which grows (absent: FIRST_BUCKETS): a version
 # of layout 3 is one of layout 4 with 1024 buckets, read and written as it is.
 LAYOUT = 4
 INLINE_HISTORIES = 3  # the first layout that stores each history in its entity's field
 IN_PLACE = 3  # the oldest layout this release writes without rebuilding it first
 
-FIRST_BUCKETS = 64  # of a new version: growth.py multiplies them as its collections grow
-LEGACY_BUCKETS = 1024  # of every version of a layout before 4, which records none
+# Of a new version, and of every version of a layout before 4 (which records none); growth.py
+# multiplies them once its collections reach 128 entities per bucket (131,072 entities).
+FIRST_BUCKETS = 1024
 MAX_BUCKETS = 1 << 20  # what page cursors allow for
 
 # Per partition, the events not applied that are remembered by offset: a consistency token asked
@@ -115,7 +116,7 @@ class Keyspace:
         self._versioned = versioned = f"{self._tag}v{version}:"  # built once: keys are per entity
         self.bootstrap = versioned + "bootstrap"
         self.layout = versioned + "layout"  # the layout the version was written in: LAYOUT
-        self.bucket_count_key = versioned + "buckets"  # its bucket count (absent: LEGACY_BUCKETS)
+        self.bucket_count_key = versioned + "buckets"  # its bucket count (absent: FIRST_BUCKETS)
         self.parked = versioned + "parked"
         self.everything = versioned + "*"  # a SCAN pattern: every key of this version
         self.positions = versioned + "pos:*"

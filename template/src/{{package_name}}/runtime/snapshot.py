@@ -66,8 +66,8 @@ from .kafka import (
     seek,
 )
 from .keyspace import (
+    FIRST_BUCKETS,
     INLINE_HISTORIES,
-    LEGACY_BUCKETS,
     Keyspace,
     Slot,
     bucket_of,
@@ -354,7 +354,7 @@ class _Reader:
         }
         self._lookups: dict[str, str] = {}  # `<collection>:<lookup>:<bucket>` -> its key
         # Exported with another bucket count: lookup entries and parked events move bucket.
-        exported_buckets = end.get("buckets", LEGACY_BUCKETS)
+        exported_buckets = end.get("buckets", FIRST_BUCKETS)
         self._rebucket = exported_buckets if exported_buckets != keys.bucket_count else None
 
     def __call__(self, batches: Mapping[TopicPartition, list[Record]]) -> _Batch:

@@ -14,7 +14,7 @@ from typing import Any, cast
 from aiokafka import TopicPartition
 from redis.asyncio import Redis
 
-from .keyspace import LAYOUT, LEGACY_BUCKETS, Keyspace
+from .keyspace import FIRST_BUCKETS, LAYOUT, Keyspace
 from .projection import Collection
 
 
@@ -119,7 +119,7 @@ class Versions:
             at = self.keys.at(version)
             stored = await self.redis.mget(at.layout, at.bucket_count_key)
             raw_layout, raw_buckets = cast(list[bytes | None], stored)
-            layout, buckets = int(raw_layout or 1), int(raw_buckets or LEGACY_BUCKETS)
+            layout, buckets = int(raw_layout or 1), int(raw_buckets or FIRST_BUCKETS)
             if layout > LAYOUT:
                 raise NewerLayoutError(version, layout)
             self._readable = version, layout, buckets
