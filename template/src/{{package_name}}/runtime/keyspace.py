@@ -27,6 +27,7 @@ This layout is stored data: changing a key, or what a value holds, needs a new r
 """
 
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 from aiokafka import TopicPartition
@@ -95,7 +96,7 @@ class Keyspace:
         self, prefix: str, version: int = 1, layout: int = LAYOUT, buckets: int = FIRST_BUCKETS
     ) -> None:
         self.prefix = prefix
-        self.in_layout = layout  # the version's, as its bucket count (Versions.refresh())
+        self.in_layout = layout  # the version's, as is the count: Versions.refresh() keeps them
         self.bucket_count = buckets
         self._tag = tag = "{" + prefix + "}:"
         self.version = version
@@ -204,6 +205,26 @@ class Keyspace:
         """The hash and field of the lookup entry of values whose hash is `digest`."""
         count = self.bucket_count
         return self.lookup_bucket(collection, lookup, digest % count), str(digest // count)
+
+    def mover(self, old: "Keyspace", family: str) -> Callable[[int, bytes], tuple[str, bytes]]:
+        """What gives, for a field of bucket n of `family` in version `old` (`e:<collection>`,
+        `pk:<collection>` or `lk:<collection>:<lookup>`: an entity, a parked event or a lookup
+        entry), its hash and field in this version (growth.py)."""
+        count, kind, _, rest = self.bucket_count, *family.partition(":")
+        if kind == "lk":
+            collection, lookup = rest.split(":", 1)
+            lookups = [self.lookup_bucket(collection, lookup, b) for b in range(count)]
+
+            def lookup_entry(bucket: int, field: bytes) -> tuple[str, bytes]:
+                digest = lookup_digest(bucket, field, old.bucket_count)
+                return lookups[digest % count], b"%d" % (digest // count)
+
+            return lookup_entry
+        if kind == "pk":  # a field is `<n>:<entity key>`
+            parked = [self.parked_bucket(rest, b) for b in range(count)]
+            return lambda _, field: (parked[zlib.crc32(field.split(b":", 1)[1]) % count], field)
+        entities = [self.bucket(rest, b) for b in range(count)]
+        return lambda _, field: (entities[zlib.crc32(field) % count], field)
 
     # ---------------------------------------------------------------- patterns, and parsing
     def buckets(self, collection: str = "*") -> str:
