@@ -2,14 +2,15 @@
 
 Entities live in buckets (keyspace.py), which Redis stores compactly while each holds at most
 `hash-max-listpack-entries` fields (512 as scripts/redis.sh sets it); past that a bucket becomes
-a hash table, about twice the memory, and a long listpack is slow to update. Few buckets cost
-memory too: each is a key of its own. So a version starts with a few buckets and records its
-count, and once the fields per bucket of a collection reach GROW_AT on average (a sample of its
-buckets, every CHECK_EVERY_S), `watch` copies the live version into the next one with 2, 4, 8...
-times the buckets, enough to hold half as many per bucket, and swaps it in, as a rebuild does:
-commits wait on the freeze while it copies (queries go on, on the version being copied),
-projectors follow the swap at their next batch, queries within a second, and the old version is
-dropped. Each entity is copied about once over a collection's growth, however large it grows.
+a hash table, about twice the memory. A long listpack is slow too: Redis walks it to find a field.
+And every bucket is a key of its own, which costs memory of its own. So a version starts with 1,024
+buckets and records its count, and once the fields per bucket of a collection reach GROW_AT on
+average (a sample of its buckets, every CHECK_EVERY_S), `watch` copies the live version into the
+next one with enough buckets for fewer than half as many per bucket (4 times as many, more after a
+burst) and swaps it in, as a rebuild does: commits wait on the freeze while it copies (queries go
+on, on the version being copied), projectors follow the swap at their next batch, queries within a
+second, and the old version is dropped. Each entity is copied a third of a time on average over a
+collection's growth.
 
 The copy moves fields between buckets and nothing else: entities with their histories, parked
 events and lookup entries go to the bucket they belong in among the new count (bucket b's fields

@@ -41,7 +41,7 @@ INLINE_HISTORIES = 3  # the first layout that stores each history in its entity'
 IN_PLACE = 3  # the oldest layout this release writes without rebuilding it first
 
 # Of a new version, and of every version of a layout before 4 (which records none); growth.py
-# multiplies them once its collections reach 128 entities per bucket (131,072 entities).
+# multiplies them once its collections reach 64 entities per bucket (65,536 entities).
 FIRST_BUCKETS = 1024
 MAX_BUCKETS = 1 << 20  # what page cursors allow for
 
