@@ -166,11 +166,7 @@ class Keyspace:
 
     def parse_history_bucket(self, key: str | bytes) -> str | None:
         """The collection of a history hash of this version (layouts before 3), else None."""
-        try:
-            collection, _ = self._rest(key, "h:").rsplit(":", 1)
-        except ValueError:
-            return None
-        return collection
+        return self._collection_of(key, "h:")
 
     def parked_bucket(self, collection: str, bucket: int) -> str:
         return f"{self._versioned}pk:{collection}:{bucket}"
@@ -260,15 +256,19 @@ class Keyspace:
 
     def parse_parked_bucket(self, key: str | bytes) -> str | None:
         """The collection of a hash of parked events of this version, else None."""
-        try:
-            collection, _ = self._rest(key, "pk:").rsplit(":", 1)
-        except ValueError:
-            return None
-        return collection
+        return self._collection_of(key, "pk:")
 
     def parse_position(self, key: str | bytes) -> TopicPartition:
         topic, partition = self._rest(key, "pos:").rsplit(":", 1)
         return TopicPartition(topic, int(partition))
+
+    def _collection_of(self, key: str | bytes, part: str) -> str | None:
+        """The collection of a bucket `key` of the kind `part` (`h:`, `pk:`), else None."""
+        try:
+            collection, _ = self._rest(key, part).rsplit(":", 1)
+        except ValueError:
+            return None
+        return collection
 
     def _rest(self, key: str | bytes, part: str) -> str:
         text = key.decode() if isinstance(key, bytes) else key
