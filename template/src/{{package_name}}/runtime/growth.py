@@ -121,8 +121,8 @@ async def grow(
     """Copy the live version into the next one with `buckets` buckets (a multiple of its own;
     default twice), swap it in and drop the old one. Raises RuntimeError while a rebuild or
     another grow runs, or an export holds the freeze, when the live version waits for its
-    bootstrap, and when it is no longer the version `of` (sized from it): another instance grew
-    it meanwhile."""
+    bootstrap or is of a layout before 3, and when it is no longer the version `of` (sized from
+    it): another instance grew it meanwhile."""
     redis, live = readmodel.redis, readmodel.keys
     began = time.monotonic()
     await readmodel.versions.refresh()
@@ -134,6 +134,8 @@ async def grow(
                 raise RuntimeError("the read model waits for its bootstrap")
             if of is not None and live.version != of.version:
                 raise RuntimeError(f"version {live.version} is live since: grown or rebuilt")
+            if live.in_layout < INLINE_HISTORIES:  # its histories' hashes would not move
+                raise RuntimeError(f"layout {live.in_layout} is rebuilt at start, not grown")
             old = Keyspace(live.prefix, live.version, live.in_layout, live.bucket_count)
             new = live.at(old.version + 1, buckets=buckets or 2 * old.bucket_count)
             if new.bucket_count <= old.bucket_count or new.bucket_count % old.bucket_count:
