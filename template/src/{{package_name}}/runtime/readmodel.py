@@ -27,7 +27,8 @@ from .redis import hget_each
 from .versions import Versions
 
 # What page cursors look like (`<bucket>:<key>`, the bucket a number below keyspace.MAX_BUCKETS),
-# for query parameters to declare; `_cursor` also refuses a bucket the version does not have.
+# for query parameters to declare: exactly what `_cursor` accepts. One past the version's buckets
+# (any the pattern allows) is past the end: its page is empty.
 CURSOR_PATTERN = r"^(0|[1-9][0-9]{0,6}):.+$"
 
 
@@ -130,7 +131,7 @@ class Queries:
         order is stable: by bucket, then by key."""
         name = _name(collection)
         buckets = self._keys.bucket_count
-        bucket, key = (0, "") if after is None else _cursor(after, buckets)
+        bucket, key = (0, "") if after is None else _cursor(after)
         found: list[tuple[int, bytes, bytes]] = []
         chunk = 256  # buckets per script call
         while len(found) <= limit and bucket < buckets:
@@ -185,12 +186,12 @@ async def fields_in(redis: Redis, hashes: Sequence[str | bytes]) -> int:
         return sum(await pipe.execute())
 
 
-def _cursor(after: str, buckets: int) -> tuple[int, str]:
-    """A cursor's bucket (one of `buckets`) and key, exactly as `page` writes them: anything else
-    is refused, rather than read as some other position (`000001:` once gave an empty page)."""
+def _cursor(after: str) -> tuple[int, str]:
+    """A cursor's bucket and key, exactly as `page` writes them: anything else is refused, rather
+    than read as some other position (`000001:` once gave an empty page)."""
     bucket, colon, key = after.partition(":")
     canonical = bucket.isascii() and bucket.isdigit() and str(int(bucket)) == bucket
-    if not colon or not key or not canonical or int(bucket) >= buckets:
+    if not colon or not key or not canonical or len(bucket) > 7:
         shown = after if len(after) <= 64 else f"{after[:64]}..."
         raise InvalidCursorError(f"not a cursor this service handed out: {shown!r}")
     return int(bucket), key
