@@ -26,9 +26,9 @@ from .projection import Collection
 from .redis import hget_each
 from .versions import Versions
 
-# What page cursors look like (`<bucket>:<key>`, the bucket a number below keyspace.MAX_BUCKETS),
-# for query parameters to declare: exactly what `_cursor` accepts. One past the version's buckets
-# (any the pattern allows) is past the end: its page is empty.
+# What page cursors look like (`<bucket>:<key>`, the bucket a number of up to 7 digits: room for
+# any count a version may grow to, keyspace.MAX_BUCKETS), for query parameters to declare: exactly
+# what `_cursor` accepts. A bucket past the version's count is past the end: its page is empty.
 CURSOR_PATTERN = r"^(0|[1-9][0-9]{0,6}):.+$"
 
 
