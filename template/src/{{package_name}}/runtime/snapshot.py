@@ -69,10 +69,8 @@ from .keyspace import (
     FIRST_BUCKETS,
     INLINE_HISTORIES,
     Keyspace,
-    Slot,
     bucket_of,
     join_entity,
-    lookup_digest,
     split_entity,
 )
 from .projection import Collection
@@ -354,8 +352,9 @@ class _Reader:
         }
         self._lookups: dict[str, str] = {}  # `<collection>:<lookup>:<bucket>` -> its key
         # Exported with another bucket count: lookup entries and parked events move bucket.
-        exported_buckets = end.get("buckets", FIRST_BUCKETS)
-        self._rebucket = exported_buckets if exported_buckets != keys.bucket_count else None
+        buckets = end.get("buckets", FIRST_BUCKETS)
+        self._exported = None if buckets == keys.bucket_count else keys.at(keys.version, buckets)
+        self._movers: dict[str, Callable[[int, bytes], tuple[str, bytes]]] = {}
 
     def __call__(self, batches: Mapping[TopicPartition, list[Record]]) -> _Batch:
         batch = _Batch()
@@ -377,18 +376,21 @@ class _Reader:
                 elif kind == b"lookup":
                     hashed, entry = record.key.decode().rsplit(":", 1)
                     if hashed.split(":", 1)[0] in self._as_exported:
-                        if self._rebucket is None:
+                        if self._exported is None:
                             key = self._lookups.get(hashed) or self._lookup_key(hashed)
                         else:
-                            key, entry = self._rebucketed_lookup(hashed, entry, self._rebucket)
+                            family, bucket = hashed.rsplit(":", 1)
+                            key, moved = self._moved(f"lk:{family}", int(bucket), entry.encode())
+                            entry = moved.decode()
                         batch.hashes.setdefault(key, {})[entry] = record.value
                         batch.lookup_entries += 1
                 elif kind == b"hash":  # parked events, histories kept apart
                     relative, name = orjson.loads(record.key)
                     hash_ = self._keys.absolute(relative)
                     collection = self._keys.parse_history_bucket(hash_) if self._inline else None
-                    if self._rebucket is not None:
-                        hash_ = self._rebucketed_parked(hash_, name)
+                    if self._exported is not None and relative.startswith("pk:"):
+                        family, bucket = relative.rsplit(":", 1)
+                        hash_, _ = self._moved(family, int(bucket), name.encode())
                     if collection is None:
                         batch.hashes.setdefault(hash_, {})[name] = record.value
                     else:  # into its entity's field, wherever the entity comes from
@@ -404,20 +406,13 @@ class _Reader:
         key = self._lookups[hashed] = self._keys.lookup_bucket(collection, lookup, int(bucket))
         return key
 
-    def _rebucketed_lookup(self, hashed: str, entry: str, exported: int) -> Slot:
-        """Where a lookup entry exported at `hashed`, `entry` among `exported` buckets lives."""
-        collection, rest = hashed.split(":", 1)
-        lookup, bucket = rest.rsplit(":", 1)
-        digest = lookup_digest(int(bucket), entry, exported)
-        return self._keys.lookup_at(collection, lookup, digest)
-
-    def _rebucketed_parked(self, hash_: str, name: str) -> str:
-        """The hash of this version a parked event's field `name` (`<n>:<key>`) belongs in."""
-        collection = self._keys.parse_parked_bucket(hash_)
-        if collection is None:  # not a parked event (the index of parked entities)
-            return hash_
-        key = name.split(":", 1)[1]
-        return self._keys.parked_bucket(collection, bucket_of(key, self._keys.bucket_count))
+    def _moved(self, family: str, bucket: int, field: bytes) -> tuple[str, bytes]:
+        """The hash and field of this version of `field` of the exported `family`'s `bucket`."""
+        assert self._exported is not None
+        move = self._movers.get(family) or self._movers.setdefault(
+            family, self._keys.mover(self._exported, family)
+        )
+        return move(bucket, field)
 
     def _entity(self, batch: _Batch, raw_key: bytes, value: bytes, history: bytes | None) -> None:
         prefix, _, raw = raw_key.partition(b":")  # <collection>:<entity key>
