@@ -41,6 +41,7 @@ from .runtime.observability.http import HttpTelemetry
 from .runtime.observability.instruments import Instruments
 from .runtime.projection import Registry
 from .runtime.readmodel import InvalidCursorError
+from .runtime.routing import include_guarded
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -131,11 +132,10 @@ def create_app(
     app.add_exception_handler(InvalidTokenError, _invalid_consistency_token)
     app.add_exception_handler(NotAppliedError, _not_applied)
     app.add_exception_handler(NotYetError, _not_yet)
-    guarded = [Depends(_api_guard)]
     for router in routers:  # first: routes are matched in order, and queries are most
-        app.include_router(router, dependencies=guarded)
+        include_guarded(app, router, _api_guard)
     app.include_router(health.router)  # probes stay open
-    app.include_router(command_routes.router, dependencies=guarded)
+    include_guarded(app, command_routes.router, _api_guard)
     app.include_router(metrics.router, dependencies=[Depends(ops_access)])
 
     @app.get("/asyncapi.json", include_in_schema=False, dependencies=[Depends(ops_access)])
@@ -164,8 +164,8 @@ async def _read_model_unavailable(request: Request, exc: Exception) -> JSONRespo
 
 
 async def _api_guard(request: Request) -> None:
-    """Every API route's, in one dependency (each costs microseconds a query): a bearer token
-    where AUTH_REQUIRED_FOR says, a consistency token's wait where one is sent."""
+    """Every API route's, before the route's own dependencies: a bearer token where
+    AUTH_REQUIRED_FOR says, a consistency token's wait where one is sent."""
     await route_access(request)
     await consistent_read(request)
 
