@@ -92,8 +92,7 @@ async def watch(
     while not stopping.is_set():
         with suppress(TimeoutError):
             await asyncio.wait_for(stopping.wait(), CHECK_EVERY_S)
-        live = readmodel.keys  # as it is now: it follows the live version meanwhile
-        keys = Keyspace(live.prefix, live.version, live.in_layout, live.bucket_count)
+        keys = readmodel.keys.fixed()  # readmodel.keys follows the live version meanwhile
         if stopping.is_set() or keys.in_layout < INLINE_HISTORIES:
             continue  # a version of an older layout is upgraded at start first
         if await readmodel.versions.awaits_bootstrap():
@@ -136,7 +135,7 @@ async def grow(
                 raise RuntimeError(f"version {live.version} is live since: grown or rebuilt")
             if live.in_layout < INLINE_HISTORIES:  # its histories' hashes would not move
                 raise RuntimeError(f"layout {live.in_layout} is rebuilt at start, not grown")
-            old = Keyspace(live.prefix, live.version, live.in_layout, live.bucket_count)
+            old = live.fixed()
             new = live.at(old.version + 1, buckets=buckets or 2 * old.bucket_count)
             if new.bucket_count <= old.bucket_count or new.bucket_count % old.bucket_count:
                 raise ValueError(f"{new.bucket_count} buckets: no multiple of {old.bucket_count}")

@@ -122,6 +122,10 @@ class Keyspace:
         self.everything = versioned + "*"  # a SCAN pattern: every key of this version
         self.positions = versioned + "pos:*"
 
+    def fixed(self) -> "Keyspace":
+        """These keys as they are now, which do not follow the live version as it moves."""
+        return Keyspace(self.prefix, self.version, self.in_layout, self.bucket_count)
+
     def at(self, version: int, buckets: int = FIRST_BUCKETS) -> "Keyspace":
         """The keys of another version, one written in this release's layout (a new one)."""
         return Keyspace(self.prefix, version, buckets=buckets)

@@ -212,10 +212,11 @@ class ReadModel:
         *,
         version: int = 1,
         live: bool = True,
+        buckets: int = FIRST_BUCKETS,
         queries_redis: Redis | None = None,
     ) -> None:
         self.redis = redis
-        self.keys = Keyspace(prefix, version)
+        self.keys = Keyspace(prefix, version, buckets=buckets)
         self.live = live
         self.queries = Queries(queries_redis or redis, self.keys)  # routes read on their own pool
         self.batches = Batches(redis, self.keys, live=live)
@@ -223,6 +224,4 @@ class ReadModel:
 
     def at(self, version: int, buckets: int = FIRST_BUCKETS) -> "ReadModel":
         """Another version of the same read model, written by a rebuild: not live."""
-        view = ReadModel(self.redis, self.keys.prefix, version=version, live=False)
-        view.keys.bucket_count = buckets
-        return view
+        return ReadModel(self.redis, self.keys.prefix, version=version, live=False, buckets=buckets)
