@@ -76,6 +76,10 @@ class Contract(BaseModel):
 
 C = TypeVar("C", bound=Contract)
 _VERSIONED_TYPE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*\.v[0-9]+$")
+# How the projector's validators parse JSON: events and stored entities hold mostly strings seen
+# once (ids, names), which a cache of every string would look up and store in vain (about 10% of
+# a validation); their keys recur.
+_PARSING = ConfigDict(cache_strings="keys")
 
 
 def type_of(contract: type[BaseModel]) -> str:
@@ -108,7 +112,8 @@ class Event(BaseModel, Generic[D]):
     """An event whose data has been validated against its contract (after upcasting); read-only
     by convention. (A model, so that most events are validated in one pass over their JSON.)"""
 
-    model_config = ConfigDict(extra="ignore")  # extension attributes: projections need none
+    # Extension attributes: projections need none. Strings are cached as _PARSING says.
+    model_config = ConfigDict(extra="ignore", cache_strings="keys")
 
     id: str
     type: str
@@ -143,7 +148,7 @@ class Collection(Generic[S]):
 
     @cached_property
     def _all(self) -> TypeAdapter[list[S]]:
-        return TypeAdapter(list[self.model])  # type: ignore[name-defined]
+        return TypeAdapter(list[self.model], config=_PARSING)  # type: ignore[name-defined]
 
 
 @dataclass(frozen=True)
@@ -461,7 +466,7 @@ def _one_pass(models: Iterable[type[Event[Any]]]) -> TypeAdapter[Event[Any]] | N
     if len(members) == 1:
         return TypeAdapter(members[0])
     tagged = Annotated[Union[members], Field(discriminator="type")]  # type: ignore[valid-type]  # noqa: UP007
-    return TypeAdapter(tagged)
+    return TypeAdapter(tagged, config=_PARSING)
 
 
 def _summary(error: ValidationError) -> str:
